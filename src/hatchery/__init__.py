@@ -1,0 +1,1 @@
+"""Hatchery: the control plane of an AI software incubator."""

@@ -1,0 +1,87 @@
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from hatchery import __doc__ as description
+from hatchery import db, queue
+from hatchery.config import Settings, get_settings
+from hatchery.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from hatchery.health.router import router as health_router
+from hatchery.keys.router import router as keys_router
+from hatchery.observability import configure_logging
+from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
+
+API_PREFIX = "/api/v1"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database_url = settings.require_database_url()
+    app.state.engine = db.create_engine(database_url)
+    app.state.sessionmaker = db.create_sessionmaker(app.state.engine)
+    app.state.control_head = db.control_head(database_url)
+    app.state.queue = queue.connect(settings.require_redis_url())
+    try:
+        yield
+    finally:
+        await queue.close(app.state.queue)
+        await app.state.engine.dispose()
+
+
+def _route_name_as_operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def _problem_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with error responses under `application/problem+json`,
+    the media type they are really sent with."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    for path in schema["paths"].values():
+        for operation in path.values():
+            for code, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if code.isdigit() and int(code) >= 400 and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    app = FastAPI(
+        title="Hatchery",
+        version="1",
+        description=description or "",
+        lifespan=lifespan,
+        debug=settings.debug,
+        generate_unique_id_function=_route_name_as_operation_id,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(keys_router)
+    app.include_router(api)
+    app.include_router(health_router)
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+        expose_headers=[REQUEST_ID_HEADER, "Location", "ETag", "Retry-After"],
+    )
+    app.add_middleware(RequestContextMiddleware)
+    app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,162 @@
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchery import db, dev
+from hatchery.config import MissingSettingError, Settings
+from hatchery.errors import HatcheryError
+from hatchery.keys import service as keys
+from hatchery.keys.models import ApiKey, Scope
+from hatchery.observability import configure_logging
+from workers.settings import run as run_worker
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Hatchery: hatch projects, stream their setup, migrate their databases.",
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The control database.")
+keys_app = typer.Typer(help="API keys.")
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        messages = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        typer.echo(f"hatchery: refusing to start: {messages}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _database_url(settings: Settings) -> str:
+    try:
+        return settings.require_database_url()
+    except MissingSettingError as exc:
+        typer.echo(f"hatchery: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Defaults to HATCHERY_API_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Defaults to HATCHERY_API_PORT.")] = None,
+) -> None:
+    """Serve the HTTP API."""
+    settings = load_settings()
+    _database_url(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        "hatchery.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker that executes queued runs."""
+    settings = load_settings()
+    _database_url(settings)
+    run_worker(settings)
+
+
+@app.command("dev")
+def dev_command(
+    port: Annotated[int | None, typer.Option(help="API port; a free one by default.")] = None,
+    state_dir: Annotated[Path, typer.Option(help="Where embedded servers keep data.")] = Path(
+        ".hatchery"
+    ),
+) -> None:
+    """Run everything locally: embedded PostgreSQL and Redis (unless HATCHERY_DATABASE_URL
+    or HATCHERY_REDIS_URL point elsewhere), the API and a worker."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    raise typer.Exit(dev.run(settings, state_dir, port))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the control database's migrations."""
+    db.upgrade_control_db(_database_url(load_settings()), revision)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Revert the control database's migrations to REVISION."""
+    db.downgrade_control_db(_database_url(load_settings()), revision)
+
+
+async def _in_session(settings: Settings, action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    engine = db.create_engine(_database_url(settings))
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            result = await action(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
+    project: Annotated[uuid.UUID | None, typer.Option(help="Bind the key to a project.")] = None,
+) -> None:
+    """Create a key and print its token (shown once)."""
+    settings = load_settings()
+    if Scope.admin in scope and project is not None:
+        typer.echo("hatchery: an admin key cannot be bound to a project", err=True)
+        raise typer.Exit(2)
+
+    async def create(session: AsyncSession) -> tuple[ApiKey, str]:
+        return await keys.create_key(
+            session, settings.key_hash_key, name=name, scopes=scope, project_id=project
+        )
+
+    key, token = asyncio.run(_in_session(settings, create))
+    typer.echo(f"id:    {key.id}\nscopes: {' '.join(key.scopes)}\ntoken: {token}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their tokens)."""
+    found = asyncio.run(_in_session(load_settings(), keys.list_keys))
+    for key in found:
+        state = "revoked" if key.revoked_at else "active"
+        bound = f" project={key.project_id}" if key.project_id else ""
+        typer.echo(f"{key.id}  {key.prefix}  {state:7}  {','.join(key.scopes)}  {key.name}{bound}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: uuid.UUID) -> None:
+    """Revoke a key."""
+
+    async def revoke(session: AsyncSession) -> ApiKey:
+        return await keys.revoke_key(session, key_id, by=None)
+
+    try:
+        asyncio.run(_in_session(load_settings(), revoke))
+    except HatcheryError as exc:
+        typer.echo(f"hatchery: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {key_id}")
+
+
+if __name__ == "__main__":
+    app()

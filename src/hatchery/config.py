@@ -1,0 +1,101 @@
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOCAL_KEY_HASH_SECRET = "hatchery-local-insecure"  # noqa: S105 (refused in production)
+
+
+class Environment(StrEnum):
+    local = "local"
+    staging = "staging"
+    production = "production"
+
+
+class InsecureSettingsError(ValueError):
+    """Raised when production would start with a setting that is only safe locally."""
+
+
+class Settings(BaseSettings):
+    """One settings model for the api and the worker, read from `HATCHERY_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HATCHERY_", extra="ignore")
+
+    environment: Environment = Environment.local
+    debug: bool = False
+
+    # Unset means "not configured": `hatchery dev` starts embedded servers for them.
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+
+    repositories_dir: Path = Path(".hatchery/repositories")
+    backups_dir: Path = Path(".hatchery/backups")
+
+    key_hash_secret: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    shutdown_grace_seconds: float = 10.0
+
+    worker_poll_delay: float = Field(default=0.005, gt=0)
+    worker_heartbeat_seconds: int = Field(default=5, ge=1)
+    worker_max_jobs: int = Field(default=10, ge=1)
+    job_timeout_seconds: int = Field(default=600, ge=1)
+    job_max_tries: int = Field(default=3, ge=1)
+
+    readiness_timeout_seconds: float = 2.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_cors_origins(cls, data: dict[str, object]) -> dict[str, object]:
+        origins = data.get("cors_origins")
+        if isinstance(origins, str):
+            data["cors_origins"] = [o.strip() for o in origins.split(",") if o.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> "Settings":
+        if self.environment is not Environment.production:
+            return self
+        if self.key_hash_secret is None or len(self.key_hash_secret.get_secret_value()) < 32:
+            raise InsecureSettingsError(
+                "HATCHERY_KEY_HASH_SECRET must be set to at least 32 characters in production"
+            )
+        if "*" in self.cors_origins:
+            raise InsecureSettingsError(
+                "HATCHERY_CORS_ORIGINS must list origins explicitly in production, not '*'"
+            )
+        if self.debug:
+            raise InsecureSettingsError("HATCHERY_DEBUG must be off in production")
+        return self
+
+    @property
+    def key_hash_key(self) -> bytes:
+        secret = self.key_hash_secret
+        return (secret.get_secret_value() if secret else LOCAL_KEY_HASH_SECRET).encode()
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise MissingSettingError("HATCHERY_DATABASE_URL")
+        return self.database_url.get_secret_value()
+
+    def require_redis_url(self) -> str:
+        if self.redis_url is None:
+            raise MissingSettingError("HATCHERY_REDIS_URL")
+        return self.redis_url.get_secret_value()
+
+
+class MissingSettingError(RuntimeError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not set (or run `hatchery dev` for embedded servers)")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,146 @@
+"""One error hierarchy, rendered everywhere as RFC 9457 problem+json."""
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hatchery.observability import current_request_id
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://hatchery.dev/problems/"
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted location of the offending field, e.g. `body.scopes.0`.")
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class HatcheryError(Exception):
+    status: int = 500
+    problem: str = "internal-error"
+    title: str = "Internal server error"
+    headers: Mapping[str, str] | None = None
+
+    def __init__(self, detail: str | None = None, *, errors: list[FieldError] | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.errors = errors
+
+
+class InvalidInput(HatcheryError):
+    status, problem, title = 422, "invalid-input", "Invalid input"
+
+
+class NotFound(HatcheryError):
+    status, problem, title = 404, "not-found", "Not found"
+
+
+class Conflict(HatcheryError):
+    status, problem, title = 409, "conflict", "Conflict"
+
+
+class Unauthorized(HatcheryError):
+    status, problem, title = 401, "unauthorized", "Unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(HatcheryError):
+    status, problem, title = 403, "forbidden", "Forbidden"
+
+
+def problem_response(
+    request: Request | None,
+    status: int,
+    *,
+    problem: str | None = None,
+    title: str | None = None,
+    detail: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=PROBLEM_TYPE_BASE + problem if problem else "about:blank",
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        instance=request.url.path if request is not None else None,
+        request_id=current_request_id(),
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+async def _hatchery_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HatcheryError)
+    return problem_response(
+        request,
+        exc.status,
+        problem=exc.problem,
+        title=exc.title,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+    )
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        FieldError(field=_field(e["loc"]), message=e["msg"], type=e["type"]) for e in exc.errors()
+    ]
+    fields = ", ".join(sorted({e.field for e in errors}))
+    return problem_response(
+        request,
+        422,
+        problem="invalid-input",
+        title="Invalid input",
+        detail=f"Invalid value for: {fields}",
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    return problem_response(request, exc.status_code, detail=detail, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HatcheryError, _hatchery_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can give."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
+    }

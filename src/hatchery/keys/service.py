@@ -1,0 +1,72 @@
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchery.audit import service as audit
+from hatchery.errors import NotFound, Unauthorized
+from hatchery.keys import repository, tokens
+from hatchery.keys.models import ApiKey, Scope
+
+
+async def create_key(
+    session: AsyncSession,
+    hash_key: bytes,
+    *,
+    name: str,
+    scopes: Sequence[Scope],
+    project_id: uuid.UUID | None = None,
+    created_by: uuid.UUID | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext token, which is never stored."""
+    token = tokens.generate()
+    key = ApiKey(
+        name=name,
+        prefix=token.prefix,
+        token_hash=tokens.digest(token, hash_key),
+        scopes=[str(s) for s in scopes],
+        project_id=project_id,
+    )
+    session.add(key)
+    await session.flush()
+    await session.refresh(key)
+    await audit.record(
+        session,
+        "key.created",
+        key_id=created_by,
+        project_id=project_id,
+        detail={"created_key_id": str(key.id), "scopes": key.scopes},
+    )
+    return key, token.plaintext
+
+
+async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:
+    return await repository.list_all(session)
+
+
+async def revoke_key(session: AsyncSession, key_id: uuid.UUID, *, by: uuid.UUID | None) -> ApiKey:
+    key = await repository.get(session, key_id)
+    if key is None:
+        raise NotFound(f"No key with id {key_id}")
+    if key.revoked_at is None:
+        key.revoked_at = func.now()
+        await session.flush()
+        await session.refresh(key)
+        await audit.record(
+            session, "key.revoked", key_id=by, detail={"revoked_key_id": str(key_id)}
+        )
+    return key
+
+
+async def authenticate(session: AsyncSession, hash_key: bytes, plaintext: str) -> ApiKey:
+    token = tokens.parse(plaintext)
+    if token is None:
+        raise Unauthorized("Malformed bearer token")
+    key = await repository.get_by_prefix(session, token.prefix)
+    if key is None or not tokens.matches(token, key.token_hash, hash_key):
+        raise Unauthorized("Unknown bearer token")
+    if key.revoked_at is not None:
+        raise Unauthorized("This token has been revoked")
+    await repository.touch(session, key)
+    return key

@@ -1,0 +1,56 @@
+"""The only module that knows the job queue is arq.
+
+The rest of Hatchery enqueues "a job by name" and asks "is a worker alive"; arq is
+maintenance-only upstream, so this boundary is where a replacement would go.
+"""
+
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import health_check_key_suffix
+from arq.jobs import Job, JobStatus
+from redis.asyncio import ConnectionPool
+
+QUEUE_NAME = "hatchery:queue"
+HEALTH_KEY = QUEUE_NAME + health_check_key_suffix
+
+Queue = ArqRedis
+
+
+def connect(redis_url: str) -> Queue:
+    """A client for the queue and for every other Redis use of the process.
+
+    It does not connect until first used, so a process starts even while Redis is down
+    and readiness reports it; short timeouts keep a lost Redis from hanging requests.
+    """
+    pool = ConnectionPool.from_url(
+        redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=10,
+        max_connections=200,
+    )
+    return ArqRedis(pool, default_queue_name=QUEUE_NAME)
+
+
+async def close(queue: Queue) -> None:
+    await queue.aclose(close_connection_pool=True)
+
+
+async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None) -> str | None:
+    """Enqueue a job; returns its id, or None when a job with that id is already queued."""
+    enqueued = await queue.enqueue_job(job, *args, _job_id=job_id)
+    return enqueued.job_id if enqueued else None
+
+
+async def result(queue: Queue, job_id: str, timeout: float) -> Any:
+    return await Job(job_id, queue, _queue_name=QUEUE_NAME).result(timeout=timeout, poll_delay=0.01)
+
+
+async def status(queue: Queue, job_id: str) -> JobStatus:
+    return await Job(job_id, queue, _queue_name=QUEUE_NAME).status()
+
+
+async def worker_alive(queue: Queue) -> bool:
+    """True when some worker has written its heartbeat within its interval."""
+    return bool(await queue.exists(HEALTH_KEY))

@@ -1,0 +1,176 @@
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from hatchery import db, queue
+from hatchery.app import create_app
+from hatchery.config import Settings
+from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
+from hatchery.keys import service as keys
+from hatchery.keys.models import ApiKey, Scope
+
+
+@pytest.fixture(scope="session")
+def scratch_dir() -> Iterator[Path]:
+    # Reachable by the unprivileged user that PostgreSQL runs as when tests run as root.
+    path = Path(tempfile.mkdtemp(prefix="hatchery-tests-"))
+    path.chmod(0o755)
+    yield path
+    if not os.environ.get("HATCHERY_KEEP_TEST_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(scratch_dir: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(scratch_dir / "postgres")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(scratch_dir: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(scratch_dir / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: EmbeddedPostgres) -> str:
+    url = postgres.url()
+    db.upgrade_control_db(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_server: EmbeddedRedis, scratch_dir: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_server.url,
+        repositories_dir=scratch_dir / "repositories",
+        backups_dir=scratch_dir / "backups",
+        log_format="console",
+        readiness_timeout_seconds=1.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment a real `hatchery api` or `hatchery worker` process runs with."""
+    return {
+        **os.environ,
+        "HATCHERY_DATABASE_URL": settings.require_database_url(),
+        "HATCHERY_REDIS_URL": settings.require_redis_url(),
+        "HATCHERY_REPOSITORIES_DIR": str(settings.repositories_dir),
+        "HATCHERY_BACKUPS_DIR": str(settings.backups_dir),
+        "HATCHERY_WORKER_HEARTBEAT_SECONDS": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    service_env: dict[str, str], scratch_dir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    log = (scratch_dir / "worker.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hatchery.cli", "worker"],
+        env=service_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.terminate()
+    process.wait(15)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        yield conn
+        await transaction.rollback()
+
+
+@pytest.fixture
+def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    # Commits by the code under test become savepoint releases: the test's outer
+    # transaction still rolls everything back.
+    return async_sessionmaker(
+        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+
+
+@pytest.fixture
+async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with sessionmaker() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture(autouse=True)
+async def _clean_redis(redis_server: EmbeddedRedis) -> None:
+    client = queue.connect(redis_server.url)
+    await client.flushdb()
+    await queue.close(client)
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    app.state.sessionmaker = sessionmaker
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+async def make_key(
+    session: AsyncSession,
+    settings: Settings,
+    *scopes: Scope,
+    project_id: object = None,
+) -> tuple[ApiKey, str]:
+    key, token = await keys.create_key(
+        session,
+        settings.key_hash_key,
+        name="test",
+        scopes=list(scopes),
+        project_id=project_id,  # type: ignore[arg-type]
+    )
+    await session.commit()
+    return key, token
+
+
+@pytest.fixture
+async def admin_token(session: AsyncSession, settings: Settings) -> str:
+    _, token = await make_key(session, settings, Scope.admin)
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

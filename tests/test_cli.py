@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+def hatchery(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hatchery.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_keys_create_list_revoke_from_the_command_line(
+    service_env: dict[str, str], engine: AsyncEngine
+) -> None:
+    created = hatchery(
+        service_env,
+        "keys",
+        "create",
+        "--name",
+        "cli-key",
+        "--scope",
+        "deploy",
+        "--scope",
+        "projects:read",
+    )
+    assert created.returncode == 0, created.stderr
+    fields = dict(line.split(":", 1) for line in created.stdout.splitlines())
+    key_id, token = fields["id"].strip(), fields["token"].strip()
+    assert token.startswith("hat_")
+
+    listed = hatchery(service_env, "keys", "list")
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
+    assert "active" in line and "deploy,projects:read" in line and token not in listed.stdout
+
+    assert hatchery(service_env, "keys", "revoke", key_id).returncode == 0
+    assert "revoked" in next(
+        line
+        for line in hatchery(service_env, "keys", "list").stdout.splitlines()
+        if line.startswith(key_id)
+    )
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM api_key WHERE id = :id"), {"id": key_id})
+
+
+def test_admin_scope_cannot_be_bound_to_a_project(service_env: dict[str, str]) -> None:
+    result = hatchery(
+        service_env,
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--scope",
+        "admin",
+        "--project",
+        "00000000-0000-0000-0000-000000000001",
+    )
+    assert result.returncode == 2
+    assert "admin" in result.stderr

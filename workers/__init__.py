@@ -1,0 +1,1 @@
+"""arq worker settings and the thin job functions that call Hatchery's services."""
