@@ -1,5 +1,6 @@
 """End to end: `hatchery dev` on a fresh directory, driven like a developer would."""
 
+import json
 import os
 import signal
 import subprocess
@@ -61,7 +62,13 @@ def test_dev_runs_everything_and_stops_it_all_on_sigint(workdir: Path) -> None:
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.3)
 
-        authorized = _curl("-H", f"Authorization: Bearer {admin_key}", f"{url}/api/v1/keys")
+        authorized = _curl(
+            "-H",
+            f"Authorization: Bearer {admin_key}",
+            "-H",
+            "X-Request-ID: dev-e2e-1",
+            f"{url}/api/v1/keys",
+        )
         assert authorized.stdout == "200"
         assert '"dev admin"' in authorized.stderr
         assert _curl(f"{url}/api/v1/keys").stdout == "401"
@@ -78,6 +85,10 @@ def test_dev_runs_everything_and_stops_it_all_on_sigint(workdir: Path) -> None:
 
     assert process.returncode == 0, output
     assert "Admin key: hat_" in output
+    logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    request_line = next(e for e in logged if e.get("request_id") == "dev-e2e-1")
+    assert request_line["event"] == "request" and request_line["status"] == 200
+    assert admin_key not in output.replace(f"Admin key: {admin_key}", "")
     _, alive = psutil.wait_procs(started, timeout=10)
     assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
     assert not dev_env.exists()
