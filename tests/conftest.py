@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from hatchery import db, queue
 from hatchery.app import create_app
 from hatchery.config import Settings
-from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
+from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
 from hatchery.keys import service as keys
 from hatchery.keys.models import ApiKey, Scope
+
+TEST_TEMPLATES = Path(__file__).parent / "templates"
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,7 @@ def settings(database_url: str, redis_server: EmbeddedRedis, scratch_dir: Path) 
         backups_dir=scratch_dir / "backups",
         log_format="console",
         readiness_timeout_seconds=1.0,
+        extra_templates_dir=TEST_TEMPLATES,
     )
 
 
@@ -74,24 +77,76 @@ def service_env(settings: Settings) -> dict[str, str]:
         "HATCHERY_REPOSITORIES_DIR": str(settings.repositories_dir),
         "HATCHERY_BACKUPS_DIR": str(settings.backups_dir),
         "HATCHERY_WORKER_HEARTBEAT_SECONDS": "1",
+        "HATCHERY_EXTRA_TEMPLATES_DIR": str(TEST_TEMPLATES),
+        "HATCHERY_RUN_HEARTBEAT_SECONDS": "0.5",
+        "HATCHERY_RUN_STALE_AFTER_SECONDS": "3",
+        "HATCHERY_REAPER_INTERVAL_SECONDS": "1",
+        "HATCHERY_LOG_FORMAT": "json",
     }
+
+
+def start_process(
+    command: list[str], env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hatchery.cli", *command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")
 def worker_process(
     service_env: dict[str, str], scratch_dir: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    log = (scratch_dir / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hatchery.cli", "worker"],
-        env=service_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = start_process(["worker"], service_env, scratch_dir / "worker.log")
     yield process
-    process.terminate()
-    process.wait(15)
-    log.close()
+    stop_process(process)
+
+
+def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = start_process(["api", "--port", str(port)], env, log_path)
+    wait_for_port(port, 30, process)
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def live_api(
+    service_env: dict[str, str], worker_process: subprocess.Popen[bytes], scratch_dir: Path
+) -> Iterator[str]:
+    """The URL of a real `hatchery api` process, with a real worker beside it."""
+    process, url = start_api(service_env, scratch_dir / "api.log")
+    yield url
+    stop_process(process)
+
+
+@pytest.fixture(scope="session")
+async def live_admin_token(engine: AsyncEngine, settings: Settings) -> str:
+    async with db.create_sessionmaker(engine)() as session:
+        _, token = await keys.create_key(
+            session, settings.key_hash_key, name="e2e admin", scopes=[Scope.admin]
+        )
+        await session.commit()
+    return token
+
+
+@pytest.fixture
+async def live(live_api: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live_api, timeout=60) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,11 @@ from pydantic import ValidationError
 
 from hatchery.config import Settings
 
-SAFE = {"key_hash_secret": "s" * 40, "cors_origins": ["https://app.example.com"]}
+SAFE = {
+    "key_hash_secret": "s" * 40,
+    "encryption_key": "e" * 40,
+    "cors_origins": ["https://app.example.com"],
+}
 
 
 def test_production_accepts_safe_settings() -> None:
@@ -18,6 +22,7 @@ def test_production_accepts_safe_settings() -> None:
     [
         ({"key_hash_secret": None}, "HATCHERY_KEY_HASH_SECRET"),
         ({"key_hash_secret": "short"}, "HATCHERY_KEY_HASH_SECRET"),
+        ({"encryption_key": None}, "HATCHERY_ENCRYPTION_KEY"),
         ({"cors_origins": ["*"]}, "HATCHERY_CORS_ORIGINS"),
         ({"debug": True}, "HATCHERY_DEBUG"),
     ],

@@ -2,6 +2,7 @@ import asyncio
 
 from sqlalchemy import inspect
 
+from alembic import command
 from hatchery import db
 from hatchery.embedded import EmbeddedPostgres
 
@@ -27,3 +28,8 @@ def test_upgrade_downgrade_upgrade_cycle(postgres: EmbeddedPostgres) -> None:
     assert _tables(url) == {"alembic_version"}
     db.upgrade_control_db(url)
     assert {"api_key", "audit_event"} <= _tables(url)
+
+
+def test_models_and_migrations_agree(database_url: str) -> None:
+    # `alembic check` fails when the models hold a change no revision makes.
+    command.check(db.alembic_config(database_url))

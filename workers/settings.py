@@ -1,6 +1,6 @@
 from typing import Any
 
-from arq import func
+from arq import cron, func
 from arq.connections import RedisSettings
 from arq.worker import run_worker
 from redis.asyncio.retry import Retry
@@ -11,6 +11,7 @@ from hatchery import db
 from hatchery.config import Settings, get_settings
 from hatchery.observability import configure_logging
 from hatchery.queue import HEALTH_KEY, QUEUE_NAME
+from hatchery.runs.service import EXECUTE_JOB
 from workers import jobs
 
 
@@ -29,7 +30,10 @@ class WorkerSettings:
     """Defaults for `arq workers.settings.WorkerSettings`; `hatchery worker` overrides
     them from Settings."""
 
-    functions = [func(jobs.ping, timeout=10, max_tries=1)]
+    functions = [
+        func(jobs.execute_run, name=EXECUTE_JOB, max_tries=2),
+        func(jobs.ping, timeout=10, max_tries=1),
+    ]
     queue_name = QUEUE_NAME
     health_check_key = HEALTH_KEY
     on_startup = startup
@@ -62,6 +66,15 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "max_tries": settings.job_max_tries,
         "max_jobs": settings.worker_max_jobs,
         "ctx": {"settings": settings},
+        "cron_jobs": [
+            cron(
+                jobs.reap_runs,
+                second=set(range(0, 60, settings.reaper_interval_seconds)),
+                run_at_startup=True,
+                timeout=60,
+                max_tries=1,
+            )
+        ],
     }
 
 

@@ -6,15 +6,19 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from redis.asyncio import Redis
 
 from hatchery import __doc__ as description
 from hatchery import db, queue
 from hatchery.config import Settings, get_settings
 from hatchery.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from hatchery.events.hub import EventHub
 from hatchery.health.router import router as health_router
 from hatchery.keys.router import router as keys_router
 from hatchery.observability import configure_logging
+from hatchery.projects.router import router as projects_router
 from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
+from hatchery.runs.router import router as runs_router
 
 API_PREFIX = "/api/v1"
 
@@ -27,9 +31,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = db.create_sessionmaker(app.state.engine)
     app.state.control_head = db.control_head(database_url)
     app.state.queue = queue.connect(settings.require_redis_url())
+    app.state.hub = EventHub(
+        Redis.from_url(
+            settings.require_redis_url(), socket_connect_timeout=2, health_check_interval=15
+        )
+    )
+    app.state.hub.start()
     try:
         yield
     finally:
+        await app.state.hub.stop()
         await queue.close(app.state.queue)
         await app.state.engine.dispose()
 
@@ -71,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
+    api.include_router(projects_router)
+    api.include_router(runs_router)
     api.include_router(keys_router)
     app.include_router(api)
     app.include_router(health_router)

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_KEY_HASH_SECRET = "hatchery-local-insecure"  # noqa: S105 (refused in production)
+LOCAL_ENCRYPTION_KEY = "hatchery-local-insecure-encryption"  # refused in production
 
 
 class Environment(StrEnum):
@@ -30,11 +31,18 @@ class Settings(BaseSettings):
     # Unset means "not configured": `hatchery dev` starts embedded servers for them.
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
+    # Where project databases and roles are created (needs CREATEDB and CREATEROLE);
+    # the control database's server when unset.
+    projects_database_url: SecretStr | None = None
 
     repositories_dir: Path = Path(".hatchery/repositories")
     backups_dir: Path = Path(".hatchery/backups")
 
     key_hash_secret: SecretStr | None = None
+    # Encrypts credentials kept at rest (project role passwords).
+    encryption_key: SecretStr | None = None
+    # Templates beside the shipped ones: one copier template per sub-directory.
+    extra_templates_dir: Path | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
@@ -50,6 +58,17 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=3, ge=1)
 
     readiness_timeout_seconds: float = 2.0
+
+    run_heartbeat_seconds: float = Field(default=2.0, gt=0)
+    run_stale_after_seconds: float = Field(default=30.0, gt=0)
+    reaper_interval_seconds: int = Field(default=10, ge=1, le=60)
+    event_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    sse_retry_ms: int = Field(default=3000, ge=0)
+    sse_max_connection_seconds: float = Field(default=600.0, gt=0)
+
+    migration_lock_timeout_ms: int = Field(default=5000, ge=0)
+    migration_statement_timeout_ms: int = Field(default=600_000, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +86,10 @@ class Settings(BaseSettings):
             raise InsecureSettingsError(
                 "HATCHERY_KEY_HASH_SECRET must be set to at least 32 characters in production"
             )
+        if self.encryption_key is None or len(self.encryption_key.get_secret_value()) < 32:
+            raise InsecureSettingsError(
+                "HATCHERY_ENCRYPTION_KEY must be set to at least 32 characters in production"
+            )
         if "*" in self.cors_origins:
             raise InsecureSettingsError(
                 "HATCHERY_CORS_ORIGINS must list origins explicitly in production, not '*'"
@@ -79,6 +102,16 @@ class Settings(BaseSettings):
     def key_hash_key(self) -> bytes:
         secret = self.key_hash_secret
         return (secret.get_secret_value() if secret else LOCAL_KEY_HASH_SECRET).encode()
+
+    @property
+    def encryption_secret(self) -> bytes:
+        secret = self.encryption_key
+        return (secret.get_secret_value() if secret else LOCAL_ENCRYPTION_KEY).encode()
+
+    def projects_server_url(self) -> str:
+        if self.projects_database_url is not None:
+            return self.projects_database_url.get_secret_value()
+        return self.require_database_url()
 
     def require_database_url(self) -> str:
         if self.database_url is None:

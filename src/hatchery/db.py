@@ -1,14 +1,16 @@
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, func, text
+from sqlalchemy import DateTime, Enum, MetaData, func, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -29,10 +31,17 @@ NAMING_CONVENTION = {
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
+log = structlog.get_logger("hatchery.db")
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+def str_enum(enum: type[StrEnum]) -> Enum:
+    """A VARCHAR column that reads back as the enum's members."""
+    return Enum(enum, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
 
 
 class UUIDPrimaryKey:
@@ -53,6 +62,26 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+AfterCommit = Callable[[], Awaitable[object]]
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once the session's transaction has committed (enqueueing a job,
+    publishing an event): never for work that was rolled back."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+async def commit(session: AsyncSession) -> None:
+    await session.commit()
+    callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            # The commit stands; the reaper re-enqueues runs whose job never arrived.
+            log.exception("after_commit_failed")
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request owns the transaction: commit when the route returns, roll back if it raises."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
@@ -60,9 +89,10 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
         except BaseException:
+            session.info.pop("after_commit", None)
             await session.rollback()
             raise
-        await session.commit()
+        await commit(session)
 
 
 # scope="function" commits before the response is sent, so a 2xx always means "committed".

@@ -3,5 +3,7 @@
 from hatchery.audit.models import AuditEvent
 from hatchery.db import Base
 from hatchery.keys.models import ApiKey
+from hatchery.projects.models import Environment, Project
+from hatchery.runs.models import Run, Step
 
-__all__ = ["ApiKey", "AuditEvent", "Base"]
+__all__ = ["ApiKey", "AuditEvent", "Base", "Environment", "Project", "Run", "Step"]

@@ -1,5 +1,6 @@
 """Who is calling: the bearer token, checked on every route but the public ones."""
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -32,13 +33,30 @@ async def authenticated_key(
 CurrentKey = Annotated[ApiKey, Depends(authenticated_key)]
 
 
-def require(scope: Scope) -> Callable[[ApiKey], Awaitable[ApiKey]]:
+def require(*scopes: Scope) -> Callable[[ApiKey], Awaitable[ApiKey]]:
+    """A key with any one of `scopes` (admin has them all)."""
+
     async def check(key: CurrentKey) -> ApiKey:
-        if not key.allows(scope):
-            raise Forbidden(f"This key lacks the '{scope}' scope")
+        if not any(key.allows(scope) for scope in scopes):
+            wanted = "' or '".join(scopes)
+            raise Forbidden(f"This key lacks the '{wanted}' scope")
         return key
 
     return check
 
 
+def check_project(key: ApiKey, project_id: uuid.UUID) -> None:
+    if not key.allows_project(project_id):
+        raise Forbidden("This key is bound to another project")
+
+
+def check_unbound(key: ApiKey) -> None:
+    if key.project_id is not None:
+        raise Forbidden("A key bound to a project cannot act outside it")
+
+
 AdminKey = Annotated[ApiKey, Depends(require(Scope.admin))]
+ProjectsReader = Annotated[ApiKey, Depends(require(Scope.projects_read))]
+ProjectsWriter = Annotated[ApiKey, Depends(require(Scope.projects_write))]
+RunsReader = Annotated[ApiKey, Depends(require(Scope.projects_read, Scope.deploy))]
+RunsWriter = Annotated[ApiKey, Depends(require(Scope.projects_write, Scope.migrations_write))]

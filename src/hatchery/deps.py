@@ -1,0 +1,29 @@
+"""Shared clients of the api process, as dependency aliases for route signatures."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from hatchery import queue
+from hatchery.config import Settings
+from hatchery.events.hub import EventHub
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _queue(request: Request) -> queue.Queue:
+    job_queue: queue.Queue = request.app.state.queue
+    return job_queue
+
+
+def _hub(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.hub
+    return hub
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+QueueDep = Annotated[queue.Queue, Depends(_queue)]
+HubDep = Annotated[EventHub, Depends(_hub)]

@@ -1,0 +1,61 @@
+"""The steps that delete a project: its databases and roles, its repository, its keys."""
+
+import asyncio
+import shutil
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchery.projects import provisioning, repository
+from hatchery.projects.initialization import load_project, repository_path
+from hatchery.projects.models import ProjectStatus
+from hatchery.runs import service as runs
+from hatchery.runs.executor import Plan, StepContext
+from hatchery.runs.models import Run
+
+
+async def drop_databases(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    for done, environment in enumerate(project.environments):
+        await context.progress(100 * done / len(project.environments), environment.name)
+        await provisioning.drop(
+            context.settings.projects_server_url(), environment.database_name, environment.role_name
+        )
+    return {"dropped": [e.database_name for e in project.environments]}
+
+
+async def remove_repository(context: StepContext) -> dict[str, Any]:
+    path = repository_path(await load_project(context.session, context.run))
+    await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+    return {"removed": str(path)}
+
+
+async def revoke_keys(context: StepContext) -> dict[str, Any]:
+    revoked = await repository.revoke_project_keys(
+        context.session, context.run.project_id, runs.now()
+    )
+    return {"revoked": revoked}
+
+
+async def finalize(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    project.status = ProjectStatus.deleted
+    for environment in project.environments:
+        environment.role_password = None
+        environment.revision = None
+    return {"status": project.status}
+
+
+async def _started(session: AsyncSession, run: Run) -> None:
+    (await load_project(session, run)).status = ProjectStatus.deleting
+
+
+PLAN = Plan(
+    steps=[
+        ("drop_databases", drop_databases),
+        ("remove_repository", remove_repository),
+        ("revoke_keys", revoke_keys),
+        ("finalize", finalize),
+    ],
+    on_start=_started,
+)

@@ -1,0 +1,161 @@
+"""The steps that hatch a project; each is safe to run again after a crash."""
+
+import asyncio
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import await_only
+
+from hatchery import crypto
+from hatchery.keys import service as keys
+from hatchery.keys.models import Scope
+from hatchery.migrations import runner
+from hatchery.projects import git, provisioning, repository, templates
+from hatchery.projects.models import Environment, Project, ProjectStatus
+from hatchery.runs import service as runs
+from hatchery.runs.executor import Plan, StepContext
+from hatchery.runs.models import Run, StepStatus
+
+
+async def load_project(session: AsyncSession, run: Run) -> Project:
+    project = await repository.get(session, run.project_id)
+    assert project is not None
+    return project
+
+
+def repository_path(project: Project) -> Path:
+    return Path(urlparse(project.repository_url).path)
+
+
+def environment_url(context: StepContext, environment: Environment) -> str:
+    assert environment.role_password is not None
+    password = crypto.decrypt(environment.role_password, context.settings.encryption_secret)
+    return provisioning.database_url(
+        context.settings.projects_server_url(),
+        environment.database_name,
+        environment.role_name,
+        password,
+    )
+
+
+async def create_repository(context: StepContext) -> dict[str, Any]:
+    path = repository_path(await load_project(context.session, context.run))
+    if not (path / "HEAD").exists():
+        await git.init_bare(path)
+    return {"path": str(path)}
+
+
+async def render_template(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    path = repository_path(project)
+    existing = await git.head_commit(path)
+    if existing is not None:
+        return {"commit": existing}
+    template = templates.available(context.settings.extra_templates_dir)[project.template]
+    with tempfile.TemporaryDirectory(prefix="hatchery-render-") as tmp:
+        work = Path(tmp) / project.slug
+        await context.progress(10, f"rendering template {template.name}")
+        data = {"project_name": project.name, "project_slug": project.slug}
+        await asyncio.to_thread(templates.render, template, work, data)
+        await context.progress(60, "pushing the first commit")
+        commit = await git.commit_tree_and_push(
+            work, path, f"Hatch {project.slug} from template {template.name}"
+        )
+    return {"commit": commit}
+
+
+async def provision_databases(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    server = context.settings.projects_server_url()
+    for done, environment in enumerate(project.environments):
+        await context.progress(100 * done / len(project.environments), environment.name)
+        password = secrets.token_urlsafe(24)
+        await provisioning.provision(
+            server, environment.database_name, environment.role_name, password
+        )
+        environment.role_password = crypto.encrypt(password, context.settings.encryption_secret)
+    return {"databases": [e.database_name for e in project.environments]}
+
+
+async def apply_baseline(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    settings = context.settings
+    revisions: dict[str, str | None] = {}
+    with tempfile.TemporaryDirectory(prefix="hatchery-baseline-") as tmp:
+        await git.export(repository_path(project), "main", Path(tmp))
+        alembic_ini = runner.find_alembic_ini(Path(tmp))
+        for environment in project.environments:
+
+            def report(revision: str, index: int, total: int, env: str = environment.name) -> None:
+                await_only(context.progress(100 * index / total, f"{env}: applied {revision}"))
+
+            environment.revision = await runner.upgrade(
+                environment_url(context, environment),
+                alembic_ini,
+                "head",
+                lock_timeout_ms=settings.migration_lock_timeout_ms,
+                statement_timeout_ms=settings.migration_statement_timeout_ms,
+                on_revision=report,
+            )
+            revisions[environment.name] = environment.revision
+    return {"revisions": revisions}
+
+
+async def issue_deploy_token(context: StepContext) -> dict[str, Any]:
+    run, settings = context.run, context.settings
+    project = await load_project(context.session, run)
+    key, token = await keys.create_key(
+        context.session,
+        settings.key_hash_key,
+        name=f"deploy token for {project.slug}",
+        scopes=[Scope.deploy],
+        project_id=project.id,
+    )
+    # Committed with the step: the key exists exactly when the run holds its token.
+    run.result = {
+        **(run.result or {}),
+        "deploy_key_id": str(key.id),
+        "deploy_token_prefix": key.prefix,
+    }
+    runs.keep_secret_once(run, "deploy_token", token, settings.encryption_secret)
+    return {"key_id": str(key.id), "prefix": key.prefix}
+
+
+async def finalize(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    step = next(s for s in context.run.steps if s.name == "finalize")
+    step.status, step.duration_ms = StepStatus.succeeded, 0
+    project.status = ProjectStatus.active
+    project.initialization_error = None
+    project.initialization_summary = runs.summarize(context.run)
+    return {"status": project.status}
+
+
+async def _started(session: AsyncSession, run: Run) -> None:
+    (await load_project(session, run)).status = ProjectStatus.initializing
+
+
+async def _failed(session: AsyncSession, run: Run, error: str) -> None:
+    project = await load_project(session, run)
+    project.status = ProjectStatus.failed
+    project.initialization_error = error
+    project.initialization_summary = runs.summarize(run)
+
+
+PLAN = Plan(
+    steps=[
+        ("create_repository", create_repository),
+        ("render_template", render_template),
+        ("provision_databases", provision_databases),
+        ("apply_baseline", apply_baseline),
+        ("issue_deploy_token", issue_deploy_token),
+        ("finalize", finalize),
+    ],
+    resumable=True,
+    on_start=_started,
+    on_failure=_failed,
+)

@@ -1,0 +1,63 @@
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from hatchery.db import Base, CreatedAt, UUIDPrimaryKey, str_enum
+
+
+class ProjectStatus(StrEnum):
+    pending = "pending"
+    initializing = "initializing"
+    active = "active"
+    failed = "failed"
+    deleting = "deleting"
+    deleted = "deleted"
+
+
+class Project(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "project"
+    __table_args__ = (
+        # A deleted project gives its slug back.
+        Index(
+            "uq_project_slug_live",
+            "slug",
+            unique=True,
+            postgresql_where=text("status <> 'deleted'"),
+        ),
+    )
+
+    slug: Mapped[str] = mapped_column(String(30))
+    name: Mapped[str] = mapped_column(String(200))
+    template: Mapped[str] = mapped_column(String(100))
+    status: Mapped[ProjectStatus] = mapped_column(
+        str_enum(ProjectStatus), default=ProjectStatus.pending
+    )
+    repository_url: Mapped[str] = mapped_column(Text)
+    initialization_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    initialization_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    environments: Mapped[list["Environment"]] = relationship(
+        back_populates="project", lazy="raise", order_by="Environment.position"
+    )
+
+
+class Environment(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "environment"
+    __table_args__ = (Index("uq_environment_project_name", "project_id", "name", unique=True),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(20))
+    position: Mapped[int]
+    database_name: Mapped[str] = mapped_column(String(63))
+    role_name: Mapped[str] = mapped_column(String(63))
+    # Encrypted with the settings' encryption key; never leaves the server.
+    role_password: Mapped[bytes | None]
+    revision: Mapped[str | None] = mapped_column(String(64))
+
+    project: Mapped[Project] = relationship(back_populates="environments", lazy="raise")

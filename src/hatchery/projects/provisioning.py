@@ -1,0 +1,59 @@
+"""Each environment's database and role, on the configured projects server."""
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+def object_name(slug: str, project_id: uuid.UUID, environment: str) -> str:
+    """`<slug>_<8 hex of id>_<env>`: readable, unique per project, under 63 bytes."""
+    return f"{slug.replace('-', '_')}_{project_id.hex[:8]}_{environment.replace('-', '_')}"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def database_url(server_url: str, database: str, role: str, password: str) -> str:
+    url = make_url(server_url).set(username=role, password=password, database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def provision(server_url: str, database: str, role: str, password: str) -> None:
+    """Create (or bring back in line) a login role and a database it owns. Safe to repeat:
+    an existing role gets the new password, an existing database is kept."""
+    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            role_exists = await conn.scalar(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
+            )
+            verb = "ALTER" if role_exists else "CREATE"
+            await conn.execute(
+                text(f"{verb} ROLE {_ident(role)} LOGIN PASSWORD {_literal(password)}")
+            )
+            db_exists = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+            )
+            if not db_exists:
+                await conn.execute(text(f"CREATE DATABASE {_ident(database)} OWNER {_ident(role)}"))
+            await conn.execute(text(f"REVOKE ALL ON DATABASE {_ident(database)} FROM PUBLIC"))
+    finally:
+        await engine.dispose()
+
+
+async def drop(server_url: str, database: str, role: str) -> None:
+    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(database)} WITH (FORCE)"))
+            await conn.execute(text(f"DROP ROLE IF EXISTS {_ident(role)}"))
+    finally:
+        await engine.dispose()

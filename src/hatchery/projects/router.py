@@ -1,0 +1,146 @@
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchery.db import SessionDep
+from hatchery.deps import QueueDep, SettingsDep
+from hatchery.errors import error_responses
+from hatchery.keys.auth import (
+    CurrentKey,
+    ProjectsReader,
+    ProjectsWriter,
+    check_project,
+    check_unbound,
+)
+from hatchery.projects import service, templates
+from hatchery.projects.models import Project, ProjectStatus
+from hatchery.projects.schemas import (
+    ProjectCreate,
+    ProjectCreated,
+    ProjectList,
+    ProjectOut,
+    TemplateList,
+    TemplateOut,
+)
+from hatchery.runs.schemas import RunOut, run_out
+
+router = APIRouter(tags=["projects"], responses=error_responses(401, 403, 422))
+
+
+def _project_out(project: Project, latest_run: RunOut | None = None) -> ProjectOut:
+    out = ProjectOut.model_validate(project)
+    out.latest_run = latest_run
+    return out
+
+
+async def _with_latest_run(session: AsyncSession, project: Project) -> ProjectOut:
+    latest = await service.latest_run(session, project.id)
+    return _project_out(project, run_out(latest) if latest else None)
+
+
+@router.post(
+    "/projects",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ProjectCreated,
+    name="create_project",
+    summary="Create a project",
+    responses=error_responses(409),
+)
+async def create_project(
+    body: ProjectCreate,
+    response: Response,
+    session: SessionDep,
+    job_queue: QueueDep,
+    settings: SettingsDep,
+    key: ProjectsWriter,
+) -> ProjectCreated:
+    """Create a project from a template. A worker then initializes it (repository,
+    databases, baseline migrations, deploy token): follow the returned run's
+    `events_url`."""
+    check_unbound(key)
+    project, run = await service.create_project(session, job_queue, settings, body, key)
+    response.headers["Location"] = f"/api/v1/projects/{project.id}"
+    return ProjectCreated(project=_project_out(project), run=run_out(run))
+
+
+@router.get("/projects", response_model=ProjectList, name="list_projects", summary="List projects")
+async def list_projects(
+    session: SessionDep,
+    key: ProjectsReader,
+    status: ProjectStatus | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ProjectList:
+    """Projects, newest first; deleted ones only when asked for by `status=deleted`."""
+    projects, next_cursor = await service.list_projects(
+        session, status=status, cursor=cursor, limit=limit, key=key
+    )
+    return ProjectList(items=[_project_out(p) for p in projects], next_cursor=next_cursor)
+
+
+@router.get(
+    "/projects/{project_id}",
+    response_model=ProjectOut,
+    name="get_project",
+    summary="Get a project",
+    responses=error_responses(404),
+)
+async def get_project(
+    project_id: uuid.UUID, session: SessionDep, key: ProjectsReader
+) -> ProjectOut:
+    """A project with its environments, repository URL, initialization summary and latest run."""
+    check_project(key, project_id)
+    return await _with_latest_run(session, await service.get_project(session, project_id))
+
+
+@router.delete(
+    "/projects/{project_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunOut,
+    name="delete_project",
+    summary="Delete a project",
+    responses={
+        **error_responses(404, 409),
+        200: {"model": RunOut, "description": "Already deleting"},
+    },
+)
+async def delete_project(
+    project_id: uuid.UUID, session: SessionDep, job_queue: QueueDep, key: ProjectsWriter
+) -> JSONResponse:
+    """Start a `delete` run that drops the project's databases and roles, removes its
+    repository and revokes its keys. Asking again returns the same run (200)."""
+    check_project(key, project_id)
+    run, created = await service.delete_project(session, job_queue, project_id, key)
+    return JSONResponse(
+        run_out(run).model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+    )
+
+
+@router.post(
+    "/projects/{project_id}/initialization/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunOut,
+    name="retry_initialization",
+    summary="Retry a failed initialization",
+    responses=error_responses(404, 409),
+)
+async def retry_initialization(
+    project_id: uuid.UUID, session: SessionDep, job_queue: QueueDep, key: ProjectsWriter
+) -> RunOut:
+    """Start a new initialize run that skips the steps already done and resumes at the one
+    that failed."""
+    check_project(key, project_id)
+    return run_out(await service.retry_initialization(session, job_queue, project_id, key))
+
+
+@router.get(
+    "/templates", response_model=TemplateList, name="list_templates", summary="List templates"
+)
+async def list_templates(settings: SettingsDep, _: CurrentKey) -> TemplateList:
+    """The templates a project can be created from."""
+    found = templates.available(settings.extra_templates_dir).values()
+    return TemplateList(items=[TemplateOut(name=t.name, description=t.description) for t in found])

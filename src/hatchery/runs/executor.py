@@ -1,0 +1,229 @@
+"""Executes a run step by step.
+
+Every step is written to Postgres when it starts, succeeds or fails, and announced on
+the run's event stream; progress and log lines go to the stream only. A run is claimed
+from `queued` exactly once, so a job that arq runs twice does nothing the second time;
+a heartbeat lets the reaper fail runs whose worker died.
+"""
+
+import asyncio
+import contextlib
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hatchery import db
+from hatchery.config import Settings
+from hatchery.events import stream
+from hatchery.runs import repository
+from hatchery.runs.models import Run, RunKind, RunStatus, Step, StepStatus
+from hatchery.runs.service import now
+
+log = structlog.get_logger("hatchery.runs")
+
+TRACE_LIMIT = 4000
+
+
+@dataclass
+class StepContext:
+    session: AsyncSession
+    run: Run
+    step: str
+    settings: Settings
+    redis: Redis
+
+    async def progress(self, percent: float, message: str) -> None:
+        await stream.publish(
+            self.redis, self.run.id, "step.progress", self.step, percent=round(percent, 1),
+            message=message,
+        )  # fmt: skip
+
+    async def log(self, message: str) -> None:
+        await stream.publish(self.redis, self.run.id, "step.log", self.step, message=message)
+
+
+StepFn = Callable[[StepContext], Awaitable[dict[str, Any] | None]]
+FailureHook = Callable[[AsyncSession, Run, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: Sequence[tuple[str, StepFn]]
+    # A new run of the same kind skips the steps that an earlier one completed.
+    resumable: bool = False
+    # Called in the transaction that claims the run.
+    on_start: Callable[[AsyncSession, Run], Awaitable[None]] | None = None
+    # Called in the transaction that marks the run failed or cancelled.
+    on_failure: FailureHook | None = None
+
+    @property
+    def step_names(self) -> list[str]:
+        return [name for name, _ in self.steps]
+
+
+Plans = Mapping[RunKind, Plan]
+
+
+@dataclass
+class Executor:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    settings: Settings
+    plans: Plans
+    _lost: set[uuid.UUID] = field(default_factory=set)
+
+    async def execute(self, run_id: uuid.UUID) -> None:
+        async with self.sessionmaker() as session:
+            claimed = await repository.claim(session, run_id)
+            run = await repository.get(session, run_id) if claimed else None
+            if run is None:
+                log.info("run_not_claimed", run_id=str(run_id))
+                return
+            plan = self.plans[run.kind]
+            if plan.resumable:
+                await self._skip_done_steps(session, run)
+            if plan.on_start is not None:
+                await plan.on_start(session, run)
+            await db.commit(session)
+        structlog.contextvars.bind_contextvars(run_id=str(run_id), request_id=run.request_id)
+        try:
+            async with self._heartbeat(run_id):
+                await self._run_steps(run_id, plan)
+        finally:
+            await stream.expire(self.redis, run_id, self.settings.event_retention_seconds)
+            structlog.contextvars.unbind_contextvars("run_id", "request_id")
+
+    async def _skip_done_steps(self, session: AsyncSession, run: Run) -> None:
+        done = await repository.succeeded_steps(session, run.project_id, run.kind, run.id)
+        for step in run.steps:
+            if step.name in done:
+                step.status = StepStatus.skipped
+                step.output = {"done_in_run": str(done[step.name].run_id)}
+
+    async def _run_steps(self, run_id: uuid.UUID, plan: Plan) -> None:
+        for name, function in plan.steps:
+            async with self.sessionmaker() as session:
+                run = await repository.get(session, run_id)
+                assert run is not None
+                if run.status != RunStatus.running or run_id in self._lost:
+                    log.warning("run_taken_away", status=run.status)
+                    return
+                if run.cancel_requested:
+                    await finish_failed(
+                        session, self.redis, run, plan, "cancelled", RunStatus.cancelled
+                    )
+                    return
+                step = _step(run, name)
+                if step.status in (StepStatus.succeeded, StepStatus.skipped):
+                    continue
+                step.status, step.started_at, step.error = StepStatus.running, now(), None
+                await db.commit(session)
+            await stream.publish(self.redis, run_id, "step.started", name)
+            if not await self._run_step(run_id, plan, name, function):
+                return
+        async with self.sessionmaker() as session:
+            run = await repository.get(session, run_id)
+            assert run is not None
+            run.status, run.finished_at = RunStatus.succeeded, now()
+            await db.commit(session)
+        await stream.publish(self.redis, run_id, "run.succeeded", status=RunStatus.succeeded)
+        log.info("run_succeeded", kind=run.kind)
+
+    async def _run_step(self, run_id: uuid.UUID, plan: Plan, name: str, function: StepFn) -> bool:
+        started = time.monotonic()
+        async with self.sessionmaker() as session:
+            run = await repository.get(session, run_id)
+            assert run is not None
+            context = StepContext(session, run, name, self.settings, self.redis)
+            try:
+                output = await function(context)
+            except Exception as exc:
+                trace = traceback.format_exc()[-TRACE_LIMIT:]
+                await session.rollback()
+                error = f"{name}: {exc}"
+                log.warning("step_failed", step=name, error=str(exc))
+                async with self.sessionmaker() as failure:
+                    failed = await repository.get(failure, run_id)
+                    assert failed is not None
+                    step = _step(failed, name)
+                    step.status, step.finished_at = StepStatus.failed, now()
+                    step.duration_ms = _ms_since(started)
+                    step.error, step.error_trace = str(exc), trace
+                    await finish_failed(
+                        failure, self.redis, failed, plan, error, RunStatus.failed, step=name
+                    )
+                return False
+            step = _step(run, name)
+            step.status, step.finished_at = StepStatus.succeeded, now()
+            step.duration_ms = _ms_since(started)
+            step.output = output or {}
+            await db.commit(session)
+        await stream.publish(
+            self.redis, run_id, "step.succeeded", name, duration_ms=step.duration_ms,
+            output=step.output,
+        )  # fmt: skip
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, run_id: uuid.UUID) -> AsyncIterator[None]:
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.run_heartbeat_seconds)
+                try:
+                    async with self.sessionmaker() as session:
+                        alive = await repository.heartbeat(session, run_id)
+                        await session.commit()
+                except Exception:
+                    log.exception("heartbeat_failed")
+                    continue
+                if not alive:
+                    self._lost.add(run_id)
+                    return
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._lost.discard(run_id)
+
+
+async def finish_failed(
+    session: AsyncSession,
+    redis: Redis,
+    run: Run,
+    plan: Plan,
+    error: str,
+    status: RunStatus,
+    *,
+    step: str | None = None,
+    error_code: str | None = None,
+) -> None:
+    """Mark a run failed or cancelled, let its plan react, commit, then announce it."""
+    run.status, run.finished_at, run.error = status, now(), error
+    run.error_code = error_code or ("cancelled" if status == RunStatus.cancelled else "step_failed")
+    if plan.on_failure is not None:
+        await plan.on_failure(session, run, error)
+    await db.commit(session)
+    if step is not None:
+        await stream.publish(redis, run.id, "step.failed", step, error=error)
+    await stream.publish(
+        redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
+    )
+
+
+def _step(run: Run, name: str) -> Step:
+    return next(s for s in run.steps if s.name == name)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)

@@ -1,0 +1,56 @@
+"""Nothing stays `running` forever: runs whose worker stopped beating are failed with
+`worker_lost`, and queued runs whose job never reached the queue are enqueued again."""
+
+from datetime import timedelta
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hatchery import queue
+from hatchery.config import Settings
+from hatchery.runs import repository, service
+from hatchery.runs.executor import Plans, finish_failed
+from hatchery.runs.models import RunStatus, StepStatus
+
+log = structlog.get_logger("hatchery.reaper")
+
+
+async def reap(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    job_queue: queue.Queue,
+    settings: Settings,
+    plans: Plans,
+) -> int:
+    stale_after = timedelta(seconds=settings.run_stale_after_seconds)
+    reaped = 0
+    while True:
+        async with sessionmaker() as session:
+            run = await repository.next_stale_running(session, stale_after)
+            if run is None:
+                break
+            running = next((s for s in run.steps if s.status == StepStatus.running), None)
+            error = f"worker_lost: no heartbeat for {settings.run_stale_after_seconds:g} s"
+            if running is not None:
+                running.status, running.finished_at, running.error = (
+                    StepStatus.failed,
+                    service.now(),
+                    error,
+                )
+            await finish_failed(
+                session,
+                redis,
+                run,
+                plans[run.kind],
+                error,
+                RunStatus.failed,
+                step=running.name if running else None,
+                error_code="worker_lost",
+            )
+            log.warning("run_reaped", run_id=str(run.id), step=running.name if running else None)
+            reaped += 1
+    async with sessionmaker() as session:
+        for run_id in await repository.stale_queued(session, stale_after):
+            await service.enqueue(job_queue, run_id)
+    return reaped

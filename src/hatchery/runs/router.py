@@ -1,0 +1,111 @@
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, status
+from sse_starlette import EventSourceResponse
+
+from hatchery.db import SessionDep
+from hatchery.deps import HubDep, QueueDep, SettingsDep
+from hatchery.errors import error_responses
+from hatchery.events import sse, stream
+from hatchery.keys.auth import RunsReader, RunsWriter, check_project
+from hatchery.runs import service
+from hatchery.runs.schemas import RunList, RunOut, run_out
+
+router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 404, 422))
+
+
+@router.get("/runs/{run_id}", response_model=RunOut, name="get_run", summary="Get a run")
+async def get_run(
+    run_id: uuid.UUID, session: SessionDep, settings: SettingsDep, key: RunsReader
+) -> RunOut:
+    """A run with its steps, timestamps and result. A secret in the result (an initialize
+    run's deploy token) is shown on the first read only."""
+    run = await service.get_run(session, run_id)
+    check_project(key, run.project_id)
+    run = await service.read_run(session, run_id, settings.encryption_secret)
+    return run_out(run, run.result)
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunOut,
+    name="cancel_run",
+    summary="Cancel a run",
+    responses=error_responses(409),
+)
+async def cancel_run(
+    run_id: uuid.UUID, session: SessionDep, job_queue: QueueDep, key: RunsWriter
+) -> RunOut:
+    """Ask a run to stop: a queued run is cancelled at once, a running one between its
+    steps. A finished run answers 409."""
+    check_project(key, (await service.get_run(session, run_id)).project_id)
+    return run_out(await service.cancel_run(session, job_queue, run_id))
+
+
+@router.get(
+    "/projects/{project_id}/runs",
+    response_model=RunList,
+    name="list_project_runs",
+    summary="List a project's runs",
+)
+async def list_project_runs(
+    project_id: uuid.UUID,
+    session: SessionDep,
+    key: RunsReader,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> RunList:
+    """The project's runs, newest first."""
+    check_project(key, project_id)
+    runs, next_cursor = await service.list_runs(session, project_id, limit=limit, cursor=cursor)
+    return RunList(items=[run_out(r) for r in runs], next_cursor=next_cursor)
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    name="follow_run",
+    summary="Follow a run (SSE)",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream"}},
+)
+async def follow_run(
+    run_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    job_queue: QueueDep,
+    hub: HubDep,
+    key: RunsReader,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[
+        str | None, Query(description="Resume after this event id (for clients without headers).")
+    ] = None,
+) -> EventSourceResponse:
+    """Server-sent events: a `snapshot` of the run, every event after `Last-Event-ID` (or
+    `?after=`), live events, and a final `end`. Works with `EventSource` and `curl -N`."""
+    run = await service.get_run(session, run_id)
+    check_project(key, run.project_id)
+    cursor, reset = await sse.resolve_cursor(job_queue, str(run_id), last_event_id or after)
+    snapshot = {
+        "run_id": str(run_id),
+        "ts": time.time(),
+        "run": run_out(run).model_dump(mode="json"),
+        "progress": await stream.latest(job_queue, run_id, "step.progress"),
+    }
+    events = sse.run_events(
+        hub,
+        job_queue,
+        str(run_id),
+        snapshot,
+        run.status if run.status.finished else None,
+        cursor,
+        reset,
+        sse.StreamOptions(
+            retry_ms=settings.sse_retry_ms,
+            catch_up_seconds=settings.sse_ping_seconds,
+            max_seconds=settings.sse_max_connection_seconds,
+        ),
+    )
+    return EventSourceResponse(events, ping=settings.sse_ping_seconds)

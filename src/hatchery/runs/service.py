@@ -1,0 +1,138 @@
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchery import crypto, db, pagination, queue
+from hatchery.errors import Conflict, NotFound
+from hatchery.events import stream
+from hatchery.observability import current_request_id
+from hatchery.runs import repository
+from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger, Step
+
+EXECUTE_JOB = "execute_run"
+_ONCE = "_once"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def create_run(
+    session: AsyncSession,
+    job_queue: queue.Queue,
+    *,
+    project_id: uuid.UUID,
+    kind: RunKind,
+    steps: Sequence[str],
+    trigger: RunTrigger = RunTrigger.api,
+    attempt: int = 1,
+    idempotency_key: str | None = None,
+    params: dict[str, Any] | None = None,
+    key_id: uuid.UUID | None = None,
+) -> Run:
+    """Create a queued run with its planned steps; its job is enqueued once the caller's
+    transaction commits."""
+    run = Run(
+        project_id=project_id,
+        kind=kind,
+        trigger=trigger,
+        attempt=attempt,
+        idempotency_key=idempotency_key,
+        params=params or {},
+        key_id=key_id,
+        request_id=current_request_id(),
+        steps=[Step(name=name, position=i) for i, name in enumerate(steps)],
+    )
+    session.add(run)
+    await session.flush()
+    db.after_commit(session, lambda: enqueue(job_queue, run.id))
+    return run
+
+
+async def enqueue(job_queue: queue.Queue, run_id: uuid.UUID) -> None:
+    # The run id is the job id: arq refuses a second copy while the first is queued.
+    await queue.enqueue(job_queue, EXECUTE_JOB, str(run_id), job_id=f"run:{run_id}")
+
+
+async def get_run(session: AsyncSession, run_id: uuid.UUID) -> Run:
+    run = await repository.get(session, run_id)
+    if run is None:
+        raise NotFound(f"No run with id {run_id}")
+    return run
+
+
+def keep_secret_once(run: Run, name: str, plaintext: str, encryption_key: bytes) -> None:
+    """Put a secret in the run's result for exactly one read (see `reveal_once`)."""
+    sealed = base64.b64encode(crypto.encrypt(plaintext, encryption_key)).decode()
+    once = {**(run.result or {}).get(_ONCE, {}), name: sealed}
+    run.result = {**(run.result or {}), _ONCE: once}
+
+
+async def read_run(session: AsyncSession, run_id: uuid.UUID, encryption_key: bytes) -> Run:
+    """The run, with one-time secrets revealed in its result on this read and then dropped
+    from storage for good."""
+    run = await get_run(session, run_id)
+    if not run.result or _ONCE not in run.result:
+        return run
+    run = await repository.get(session, run_id, for_update=True) or run
+    if not run.result or _ONCE not in run.result:
+        return run
+    sealed: dict[str, str] = run.result[_ONCE]
+    run.result = {k: v for k, v in run.result.items() if k != _ONCE}
+    await session.flush()
+    revealed = {
+        name: crypto.decrypt(base64.b64decode(value), encryption_key)
+        for name, value in sealed.items()
+    }
+    session.expunge(run)
+    run.result = {**run.result, **revealed}
+    return run
+
+
+async def cancel_run(session: AsyncSession, redis: Redis, run_id: uuid.UUID) -> Run:
+    run = await repository.get(session, run_id, for_update=True)
+    if run is None:
+        raise NotFound(f"No run with id {run_id}")
+    if run.status.finished:
+        raise Conflict(f"Run {run_id} has already finished ({run.status})")
+    run.cancel_requested = True
+    if run.status == RunStatus.queued:
+        run.status = RunStatus.cancelled
+        run.finished_at = now()
+        run.error = "cancelled before it started"
+
+        async def announce() -> None:
+            await stream.publish(redis, run.id, "run.cancelled", status=RunStatus.cancelled)
+
+        db.after_commit(session, announce)
+    await session.flush()
+    return run
+
+
+async def list_runs(
+    session: AsyncSession, project_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> tuple[Sequence[Run], str | None]:
+    after = pagination.decode(cursor) if cursor else None
+    page = await repository.list_for_project(session, project_id, limit=limit + 1, after=after)
+    more = len(page) > limit
+    page = page[:limit]
+    return page, pagination.encode(page[-1].created_at, page[-1].id) if more else None
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """Each step's status, duration and error; the total; the step that failed."""
+    failed = next((s.name for s in run.steps if s.status == "failed"), None)
+    return {
+        "attempt": run.attempt,
+        "steps": [
+            {"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "error": s.error}
+            for s in run.steps
+        ],
+        "total_duration_ms": sum(s.duration_ms or 0 for s in run.steps if s.status != "skipped"),
+        "failed_step": failed,
+    }

@@ -1,0 +1,60 @@
+"""A small SSE client for tests: reads frames the way EventSource does."""
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Frame:
+    id: str | None
+    event: str
+    data: Any
+    retry: int | None = None
+
+
+async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "event" in fields or "data" in fields:
+                data = fields.get("data", "")
+                yield Frame(
+                    id=fields.get("id"),
+                    event=fields.get("event", "message"),
+                    data=json.loads(data) if data else None,
+                    retry=int(fields["retry"]) if "retry" in fields else None,
+                )
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+
+async def follow(
+    client: httpx.AsyncClient,
+    run_id: str,
+    token: str,
+    *,
+    last_event_id: str | None = None,
+    stop_after: int | None = None,
+    timeout: float = 120,
+) -> list[Frame]:
+    """Frames of a run's event stream until `end` (or until `stop_after` frames)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    received: list[Frame] = []
+    async with client.stream(
+        "GET", f"/api/v1/runs/{run_id}/events", headers=headers, timeout=timeout
+    ) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for frame in frames(response):
+            received.append(frame)
+            if frame.event == "end" or (stop_after is not None and len(received) >= stop_after):
+                break
+    return received
