@@ -1,7 +1,7 @@
 """A small SSE client for tests: reads frames the way EventSource does."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,10 @@ async def follow(
     *,
     last_event_id: str | None = None,
     stop_after: int | None = None,
+    until: Callable[[Frame], bool] | None = None,
     timeout: float = 120,
 ) -> list[Frame]:
-    """Frames of a run's event stream until `end` (or until `stop_after` frames)."""
+    """Frames of a run's event stream until `end`, `stop_after` frames, or `until`."""
     headers = {"Authorization": f"Bearer {token}"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
@@ -56,5 +57,7 @@ async def follow(
         async for frame in frames(response):
             received.append(frame)
             if frame.event == "end" or (stop_after is not None and len(received) >= stop_after):
+                break
+            if until is not None and until(frame):
                 break
     return received
