@@ -1,3 +1,4 @@
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,15 +35,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.hub = EventHub(
         Redis.from_url(
             settings.require_redis_url(), socket_connect_timeout=2, health_check_interval=15
-        )
+        ),
+        tick_seconds=settings.sse_ping_seconds,
     )
     app.state.hub.start()
+    tune_garbage_collector()
     try:
         yield
     finally:
         await app.state.hub.stop()
         await queue.close(app.state.queue)
         await app.state.engine.dispose()
+
+
+def tune_garbage_collector() -> None:
+    """Keep collection pauses off the event streams.
+
+    SSE streams keep objects alive for tens of milliseconds, long enough to be promoted,
+    so the default thresholds ran a full collection every few seconds: a 300 ms pause
+    with 1,000 clients (bench/sse_fanout.py). Freezing what start-up made and collecting
+    the young generation less often keeps p99 under 50 ms; collection stays on.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def _route_name_as_operation_id(route: APIRoute) -> str:
@@ -88,13 +103,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(health_router)
 
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["*"],
-        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
-        expose_headers=[REQUEST_ID_HEADER, "Location", "ETag", "Retry-After"],
-    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+            expose_headers=[REQUEST_ID_HEADER, "Location", "ETag", "Retry-After"],
+        )
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -16,38 +16,65 @@ log = structlog.get_logger("hatchery.events")
 # Put in a subscriber's queue when live delivery may have missed events (a lost
 # subscription, a full queue): the client then catches up from the stream.
 RESYNC = Event(id="", type="resync", data="")
+# Put in every queue now and then: pub/sub is at-most-once, so each stream checks the
+# log, and its own lifetime, without a timer of its own.
+TICK = Event(id="", type="tick", data="")
 
 
 class Subscriber:
+    """What one stream has not sent yet. A list and one future rather than an
+    asyncio.Queue: cheaper per event, and a stream that falls behind takes everything
+    pending in one go."""
+
+    __slots__ = ("_capacity", "_pending", "_waiter")
+
     def __init__(self, capacity: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(capacity)
+        self._capacity = capacity
+        self._pending: list[Event] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, event: Event) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._pending) < self._capacity:
+            self._pending.append(event)
+        else:
             # A slow client: drop what it cannot take and let it catch up from the stream.
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(RESYNC)
+            self._pending = [RESYNC]
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[Event]:
+        """Everything delivered since the last call, waiting for at least one event."""
+        if not self._pending:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        events, self._pending = self._pending, []
+        return events
 
 
 class EventHub:
-    def __init__(self, redis: Redis, queue_capacity: int = 1000) -> None:
+    def __init__(self, redis: Redis, tick_seconds: float, queue_capacity: int = 1000) -> None:
         self._redis = redis
+        self._tick_seconds = tick_seconds
         self._capacity = queue_capacity
         self._subscribers: defaultdict[str, set[Subscriber]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="event-hub")
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="event-hub"),
+            asyncio.create_task(self._tick(), name="event-hub-tick"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self._redis.aclose(close_connection_pool=True)
 
     @property
@@ -75,10 +102,15 @@ class EventHub:
             for subscriber in subscribers:
                 subscriber.deliver(event)
 
-    def _resync_all(self) -> None:
-        for subscribers in self._subscribers.values():
+    def _deliver_all(self, event: Event) -> None:
+        for subscribers in list(self._subscribers.values()):
             for subscriber in subscribers:
-                subscriber.deliver(RESYNC)
+                subscriber.deliver(event)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_seconds)
+            self._deliver_all(TICK)
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -87,7 +119,7 @@ class EventHub:
             try:
                 await pubsub.subscribe(CHANNEL)
                 self.connected.set()
-                self._resync_all()
+                self._deliver_all(RESYNC)
                 delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)

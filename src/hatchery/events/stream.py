@@ -6,7 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -36,13 +36,16 @@ class Event:
     id: str
     type: str
     data: str
+    # Made once per event, not once per client: one process may serve a thousand streams.
+    frame: bytes = field(init=False, repr=False)
+    position: tuple[int, int] = field(init=False, repr=False)
+    terminal: bool = field(init=False, repr=False)
 
-    def frame(self) -> bytes:
-        return f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL
+    def __post_init__(self) -> None:
+        frame = f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
+        object.__setattr__(self, "frame", frame)
+        object.__setattr__(self, "position", parse_id(self.id) if self.id else (0, 0))
+        object.__setattr__(self, "terminal", self.type in TERMINAL)
 
 
 def parse_id(event_id: str) -> tuple[int, int]:

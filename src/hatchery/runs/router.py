@@ -103,9 +103,7 @@ async def follow_run(
         cursor,
         reset,
         sse.StreamOptions(
-            retry_ms=settings.sse_retry_ms,
-            catch_up_seconds=settings.sse_ping_seconds,
-            max_seconds=settings.sse_max_connection_seconds,
+            retry_ms=settings.sse_retry_ms, max_seconds=settings.sse_max_connection_seconds
         ),
     )
-    return EventSourceResponse(events, ping=settings.sse_ping_seconds)
+    return sse.EventStreamResponse(events, ping=settings.sse_ping_seconds)

@@ -1,0 +1,100 @@
+"""What the benchmarks share: embedded servers, a migrated control database, real processes."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hatchery import db
+from hatchery.config import Settings
+from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from hatchery.keys import service as keys
+from hatchery.keys.models import Scope
+
+
+@dataclass
+class Stack:
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis
+    scratch: Path
+    settings: Settings
+    env: dict[str, str]
+    admin_token: str
+
+
+async def _admin_token(settings: Settings) -> str:
+    engine = db.create_engine(settings.require_database_url())
+    async with db.create_sessionmaker(engine)() as session:
+        _, token = await keys.create_key(
+            session, settings.key_hash_key, name="bench", scopes=[Scope.admin]
+        )
+        await session.commit()
+    await engine.dispose()
+    return token
+
+
+@contextmanager
+def stack(**env: str) -> Iterator[Stack]:
+    scratch = Path(tempfile.mkdtemp(prefix="hatchery-bench-"))
+    scratch.chmod(0o755)
+    postgres, redis = EmbeddedPostgres(scratch / "postgres"), EmbeddedRedis(scratch / "redis")
+    postgres.start()
+    redis.start()
+    try:
+        settings = Settings(
+            database_url=postgres.url(),
+            redis_url=redis.url,
+            repositories_dir=scratch / "repositories",
+            backups_dir=scratch / "backups",
+        )
+        db.upgrade_control_db(postgres.url())
+        process_env = {
+            **os.environ,
+            "HATCHERY_DATABASE_URL": postgres.url(),
+            "HATCHERY_REDIS_URL": redis.url,
+            "HATCHERY_REPOSITORIES_DIR": str(scratch / "repositories"),
+            "HATCHERY_BACKUPS_DIR": str(scratch / "backups"),
+            "HATCHERY_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        yield Stack(
+            postgres, redis, scratch, settings, process_env, asyncio.run(_admin_token(settings))
+        )
+    finally:
+        redis.stop()
+        postgres.stop()
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hatchery.cli", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = start(["api", "--port", str(port)], env)
+    wait_for_port(port, 30, process)
+    return process, port
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
