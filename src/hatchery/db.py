@@ -1,7 +1,7 @@
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -48,8 +48,13 @@ class UUIDPrimaryKey:
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class CreatedAt:
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Set by Python, not now(): rows made in one transaction still sort in creation order.
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
 
 
 def create_engine(database_url: str, **kwargs: object) -> AsyncEngine:

@@ -1,15 +1,18 @@
 """Runs across refreshes, failures, retries, cancellation and deletion."""
 
+import asyncio
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
 from hatchery.events import stream
 from hatchery.queue import close, connect
-from tests.conftest import bearer
+from tests.conftest import bearer, start_api, stop_process
 from tests.e2e.helpers import create_project, get_project, wait_for_run
 from tests.sse import Frame, follow
 
@@ -174,3 +177,48 @@ async def test_delete_drops_databases_roles_repository_and_keys(
     assert again.status_code == 200 and again.json()["id"] == response.json()["id"]
     reused = await create_project(live, live_admin_token, "delete-me")
     assert reused["project"]["id"] != project_id
+
+
+@pytest.fixture
+def quick_ping_api(service_env: dict[str, str], scratch_dir: Path) -> Iterator[str]:
+    env = {**service_env, "HATCHERY_SSE_PING_SECONDS": "0.3"}
+    process, url = start_api(env, scratch_dir / "ping-api.log")
+    yield url
+    stop_process(process)
+
+
+async def test_idle_stream_gets_heartbeat_comments(
+    quick_ping_api: str, live_admin_token: str
+) -> None:
+    async with httpx.AsyncClient(base_url=quick_ping_api, timeout=60) as client:
+        created = await create_project(client, live_admin_token, "heartbeat", "slow-baseline")
+        url = f"/api/v1/runs/{created['run']['id']}/events"
+        comments = 0
+        async with client.stream("GET", url, headers=bearer(live_admin_token)) as response:
+            assert response.headers["x-accel-buffering"] == "no"
+            assert response.headers["cache-control"] == "no-store"
+            async for line in response.aiter_lines():
+                comments += line.startswith(":")
+                if line == "event: end":
+                    break
+    assert comments >= 3
+
+
+async def test_open_streams_hold_no_database_connection(
+    quick_ping_api: str, live_admin_token: str
+) -> None:
+    # Far more streams than the api's pool has connections (10 + 10 overflow).
+    async with httpx.AsyncClient(base_url=quick_ping_api, timeout=60) as client:
+        created = await create_project(client, live_admin_token, "many-eyes", "slow-baseline")
+        run_id = created["run"]["id"]
+        watchers = [
+            asyncio.create_task(follow(client, run_id, live_admin_token)) for _ in range(40)
+        ]
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        listed = await client.get("/api/v1/projects", headers=bearer(live_admin_token))
+        assert listed.status_code == 200
+        assert time.monotonic() - started < 2
+        assert not any(w.done() for w in watchers), "the run should still be streaming"
+        ends = await asyncio.gather(*watchers)
+    assert all(frames[-1].event == "end" for frames in ends)

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hatchery import db
 from hatchery.projects import provisioning, repository
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import ProjectStatus
-from hatchery.runs import service as runs
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run
 
@@ -32,7 +32,7 @@ async def remove_repository(context: StepContext) -> dict[str, Any]:
 
 async def revoke_keys(context: StepContext) -> dict[str, Any]:
     revoked = await repository.revoke_project_keys(
-        context.session, context.run.project_id, runs.now()
+        context.session, context.run.project_id, db.utcnow()
     )
     return {"revoked": revoked}
 

@@ -24,7 +24,6 @@ from hatchery.config import Settings
 from hatchery.events import stream
 from hatchery.runs import repository
 from hatchery.runs.models import Run, RunKind, RunStatus, Step, StepStatus
-from hatchery.runs.service import now
 
 log = structlog.get_logger("hatchery.runs")
 
@@ -117,13 +116,19 @@ class Executor:
                     return
                 if run.cancel_requested:
                     await finish_failed(
-                        session, self.redis, run, plan, "cancelled", RunStatus.cancelled
+                        session,
+                        self.redis,
+                        self.settings,
+                        run,
+                        plan,
+                        "cancelled",
+                        RunStatus.cancelled,
                     )
                     return
                 step = _step(run, name)
                 if step.status in (StepStatus.succeeded, StepStatus.skipped):
                     continue
-                step.status, step.started_at, step.error = StepStatus.running, now(), None
+                step.status, step.started_at, step.error = StepStatus.running, db.utcnow(), None
                 await db.commit(session)
             await stream.publish(self.redis, run_id, "step.started", name)
             if not await self._run_step(run_id, plan, name, function):
@@ -131,7 +136,7 @@ class Executor:
         async with self.sessionmaker() as session:
             run = await repository.get(session, run_id)
             assert run is not None
-            run.status, run.finished_at = RunStatus.succeeded, now()
+            run.status, run.finished_at = RunStatus.succeeded, db.utcnow()
             await db.commit(session)
         await stream.publish(self.redis, run_id, "run.succeeded", status=RunStatus.succeeded)
         log.info("run_succeeded", kind=run.kind)
@@ -153,15 +158,22 @@ class Executor:
                     failed = await repository.get(failure, run_id)
                     assert failed is not None
                     step = _step(failed, name)
-                    step.status, step.finished_at = StepStatus.failed, now()
+                    step.status, step.finished_at = StepStatus.failed, db.utcnow()
                     step.duration_ms = _ms_since(started)
                     step.error, step.error_trace = str(exc), trace
                     await finish_failed(
-                        failure, self.redis, failed, plan, error, RunStatus.failed, step=name
+                        failure,
+                        self.redis,
+                        self.settings,
+                        failed,
+                        plan,
+                        error,
+                        RunStatus.failed,
+                        step=name,
                     )
                 return False
             step = _step(run, name)
-            step.status, step.finished_at = StepStatus.succeeded, now()
+            step.status, step.finished_at = StepStatus.succeeded, db.utcnow()
             step.duration_ms = _ms_since(started)
             step.output = output or {}
             await db.commit(session)
@@ -200,6 +212,7 @@ class Executor:
 async def finish_failed(
     session: AsyncSession,
     redis: Redis,
+    settings: Settings,
     run: Run,
     plan: Plan,
     error: str,
@@ -209,7 +222,7 @@ async def finish_failed(
     error_code: str | None = None,
 ) -> None:
     """Mark a run failed or cancelled, let its plan react, commit, then announce it."""
-    run.status, run.finished_at, run.error = status, now(), error
+    run.status, run.finished_at, run.error = status, db.utcnow(), error
     run.error_code = error_code or ("cancelled" if status == RunStatus.cancelled else "step_failed")
     if plan.on_failure is not None:
         await plan.on_failure(session, run, error)
@@ -219,6 +232,7 @@ async def finish_failed(
     await stream.publish(
         redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
     )
+    await stream.expire(redis, run.id, settings.event_retention_seconds)
 
 
 def _step(run: Run, name: str) -> Step:

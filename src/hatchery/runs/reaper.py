@@ -7,7 +7,7 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hatchery import queue
+from hatchery import db, queue
 from hatchery.config import Settings
 from hatchery.runs import repository, service
 from hatchery.runs.executor import Plans, finish_failed
@@ -35,12 +35,13 @@ async def reap(
             if running is not None:
                 running.status, running.finished_at, running.error = (
                     StepStatus.failed,
-                    service.now(),
+                    db.utcnow(),
                     error,
                 )
             await finish_failed(
                 session,
                 redis,
+                settings,
                 run,
                 plans[run.kind],
                 error,

@@ -1,7 +1,6 @@
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -16,10 +15,6 @@ from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger, Step
 
 EXECUTE_JOB = "execute_run"
 _ONCE = "_once"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def create_run(
@@ -103,7 +98,7 @@ async def cancel_run(session: AsyncSession, redis: Redis, run_id: uuid.UUID) -> 
     run.cancel_requested = True
     if run.status == RunStatus.queued:
         run.status = RunStatus.cancelled
-        run.finished_at = now()
+        run.finished_at = db.utcnow()
         run.error = "cancelled before it started"
 
         async def announce() -> None:
