@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hatchery.embedded import EmbeddedPostgres
+from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
+from hatchery.events import stream
+from hatchery.queue import close, connect, enqueue, result
 from tests.conftest import bearer, start_api, start_process, stop_process
 from tests.e2e.helpers import create_project, get_project, wait_for_run
 from tests.sse import follow
@@ -148,3 +150,32 @@ async def test_same_slug_twice_at_once_gives_one_202_and_one_409(
     assert sorted(r.status_code for r in responses) == [202, 409]
     conflict = next(r for r in responses if r.status_code == 409)
     assert conflict.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_second_execution_of_a_finished_run_changes_nothing(
+    live: httpx.AsyncClient, live_admin_token: str, redis_server: EmbeddedRedis
+) -> None:
+    created = await create_project(live, live_admin_token, "run-twice")
+    run = await wait_for_run(live, live_admin_token, created["run"]["id"])
+    client = connect(redis_server.url)
+    try:
+        before = await stream.replay(client, run["id"], stream.START)
+        # What arq does after a crash or a timeout: the same job delivered again.
+        job_id = await enqueue(client, "execute_run", run["id"], job_id=f"again:{run['id']}")
+        assert job_id is not None
+        await result(client, job_id, timeout=30)
+        after = await stream.replay(client, run["id"], stream.START)
+    finally:
+        await close(client)
+    again = (await live.get(f"/api/v1/runs/{run['id']}", headers=bearer(live_admin_token))).json()
+    assert [(s["name"], s["status"], s["finished_at"]) for s in again["steps"]] == [
+        (s["name"], s["status"], s["finished_at"]) for s in run["steps"]
+    ]
+    assert [e.id for e in after] == [e.id for e in before]
+    project = await get_project(live, live_admin_token, created["project"]["id"])
+    commits = subprocess.run(
+        ["git", "--git-dir", project["repository_url"].removeprefix("file://"), "rev-list",
+         "--count", "main"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert commits == "1"
