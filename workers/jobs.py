@@ -4,12 +4,19 @@ import time
 import uuid
 from typing import Any
 
+from hatchery.migrations import steps as migrations
 from hatchery.projects import deletion, initialization
 from hatchery.runs import reaper
 from hatchery.runs.executor import Executor, Plans
 from hatchery.runs.models import RunKind
 
-PLANS: Plans = {RunKind.initialize: initialization.PLAN, RunKind.delete: deletion.PLAN}
+PLANS: Plans = {
+    RunKind.initialize: initialization.PLAN,
+    RunKind.upgrade: migrations.UPGRADE,
+    RunKind.downgrade: migrations.DOWNGRADE,
+    RunKind.restore: migrations.RESTORE,
+    RunKind.delete: deletion.PLAN,
+}
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:

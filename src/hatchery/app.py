@@ -16,6 +16,7 @@ from hatchery.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from hatchery.events.hub import EventHub
 from hatchery.health.router import router as health_router
 from hatchery.keys.router import router as keys_router
+from hatchery.migrations.router import router as migrations_router
 from hatchery.observability import configure_logging
 from hatchery.projects.router import router as projects_router
 from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(projects_router)
     api.include_router(runs_router)
+    api.include_router(migrations_router)
     api.include_router(keys_router)
     app.include_router(api)
     app.include_router(health_router)

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
 
     migration_lock_timeout_ms: int = Field(default=5000, ge=0)
     migration_statement_timeout_ms: int = Field(default=600_000, ge=0)
+    # How long a run waits for another migrator of the same database to finish.
+    migration_wait_seconds: float = Field(default=900.0, gt=0)
+    backup_keep_count: int = Field(default=10, ge=1)
+    backup_keep_days: int = Field(default=30, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PG_BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/local/pgsql/bin")]
+from hatchery.pgtools import pg_binary
+
 # PostgreSQL refuses to run as root; as root, the cluster runs as this system user.
 PG_SYSTEM_USER = "postgres"
 SUPERUSER = "hatchery"
@@ -41,16 +42,6 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise EmbeddedServerError(f"nothing listened on port {port} within {timeout} s")
-
-
-def pg_binary(name: str) -> str:
-    for directory in PG_BIN_DIRS:
-        if (directory / name).exists():
-            return str(directory / name)
-    found = shutil.which(name)
-    if found is None:
-        raise EmbeddedServerError(f"PostgreSQL's {name} was not found; install PostgreSQL 15")
-    return found
 
 
 def _run_as_db_user() -> list[str]:

@@ -41,7 +41,7 @@ async def finalize(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
     project.status = ProjectStatus.deleted
     for environment in project.environments:
-        environment.role_password = None
+        environment.database_url = None
         environment.revision = None
     return {"status": project.status}
 

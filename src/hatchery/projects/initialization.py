@@ -10,12 +10,12 @@ from urllib.parse import urlparse
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import await_only
 
-from hatchery import crypto
 from hatchery.keys import service as keys
 from hatchery.keys.models import Scope
-from hatchery.migrations import runner
+from hatchery.migrations import history, runner
+from hatchery.migrations.models import Direction
 from hatchery.projects import git, provisioning, repository, templates
-from hatchery.projects.models import Environment, Project, ProjectStatus
+from hatchery.projects.models import Project, ProjectStatus
 from hatchery.runs import service as runs
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run, StepStatus
@@ -29,17 +29,6 @@ async def load_project(session: AsyncSession, run: Run) -> Project:
 
 def repository_path(project: Project) -> Path:
     return Path(urlparse(project.repository_url).path)
-
-
-def environment_url(context: StepContext, environment: Environment) -> str:
-    assert environment.role_password is not None
-    password = crypto.decrypt(environment.role_password, context.settings.encryption_secret)
-    return provisioning.database_url(
-        context.settings.projects_server_url(),
-        environment.database_name,
-        environment.role_name,
-        password,
-    )
 
 
 async def create_repository(context: StepContext) -> dict[str, Any]:
@@ -77,7 +66,10 @@ async def provision_databases(context: StepContext) -> dict[str, Any]:
         await provisioning.provision(
             server, environment.database_name, environment.role_name, password
         )
-        environment.role_password = crypto.encrypt(password, context.settings.encryption_secret)
+        url = provisioning.database_url(
+            server, environment.database_name, environment.role_name, password
+        )
+        environment.database_url = provisioning.seal(url, context.settings.encryption_secret)
     return {"databases": [e.database_name for e in project.environments]}
 
 
@@ -85,24 +77,37 @@ async def apply_baseline(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
     settings = context.settings
     revisions: dict[str, str | None] = {}
+    commit = await git.head_commit(repository_path(project))
+    assert commit is not None
     with tempfile.TemporaryDirectory(prefix="hatchery-baseline-") as tmp:
-        await git.export(repository_path(project), "main", Path(tmp))
-        alembic_ini = runner.find_alembic_ini(Path(tmp))
+        await git.export(repository_path(project), commit, Path(tmp))
+        scripts = runner.Scripts(runner.find_alembic_ini(Path(tmp)))
         for environment in project.environments:
 
             def report(revision: str, index: int, total: int, env: str = environment.name) -> None:
                 await_only(context.progress(100 * index / total, f"{env}: applied {revision}"))
 
-            environment.revision = await runner.upgrade(
-                environment_url(context, environment),
-                alembic_ini,
+            url = provisioning.connection_url(environment, settings.encryption_secret)
+            applied = await runner.migrate(
+                url,
+                scripts,
                 "head",
                 lock_timeout_ms=settings.migration_lock_timeout_ms,
                 statement_timeout_ms=settings.migration_statement_timeout_ms,
                 on_revision=report,
             )
+            history.record_applied(
+                context.session,
+                environment,
+                context.run,
+                history.as_dicts(applied),
+                scripts,
+                Direction.upgrade,
+            )
+            environment.revision = await runner.current_revision(url)
+            environment.deployed_commit = commit
             revisions[environment.name] = environment.revision
-    return {"revisions": revisions}
+    return {"revisions": revisions, "commit": commit}
 
 
 async def issue_deploy_token(context: StepContext) -> dict[str, Any]:

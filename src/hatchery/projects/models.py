@@ -56,8 +56,11 @@ class Environment(UUIDPrimaryKey, CreatedAt, Base):
     position: Mapped[int]
     database_name: Mapped[str] = mapped_column(String(63))
     role_name: Mapped[str] = mapped_column(String(63))
-    # Encrypted with the settings' encryption key; never leaves the server.
-    role_password: Mapped[bytes | None]
+    # The full connection URL, encrypted with the settings' encryption key; it never
+    # leaves the server.
+    database_url: Mapped[bytes | None]
     revision: Mapped[str | None] = mapped_column(String(64))
+    # The commit of the last deployment: its migrations are the environment's history.
+    deployed_commit: Mapped[str | None] = mapped_column(String(64))
 
     project: Mapped[Project] = relationship(back_populates="environments", lazy="raise")

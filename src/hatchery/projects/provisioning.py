@@ -7,6 +7,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from hatchery import crypto
+from hatchery.projects.models import Environment
+
 
 def object_name(slug: str, project_id: uuid.UUID, environment: str) -> str:
     """`<slug>_<8 hex of id>_<env>`: readable, unique per project, under 63 bytes."""
@@ -19,6 +22,17 @@ def _ident(name: str) -> str:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def seal(database_url: str, encryption_key: bytes) -> bytes:
+    return crypto.encrypt(database_url, encryption_key)
+
+
+def connection_url(environment: Environment, encryption_key: bytes) -> str:
+    """The environment's database URL, credentials included: for server-side use only."""
+    if environment.database_url is None:
+        raise RuntimeError(f"environment {environment.name} has no database yet")
+    return crypto.decrypt(environment.database_url, encryption_key)
 
 
 def database_url(server_url: str, database: str, role: str, password: str) -> str:

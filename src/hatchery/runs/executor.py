@@ -12,6 +12,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,13 @@ class StepContext:
     step: str
     settings: Settings
     redis: Redis
+    # For what must be written even when the step fails (the step's own session is
+    # rolled back then).
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+    def output_of(self, step: str) -> dict[str, Any]:
+        """What an earlier step of this run produced."""
+        return next(s.output or {} for s in self.run.steps if s.name == step)
 
     async def progress(self, percent: float, message: str) -> None:
         await stream.publish(
@@ -59,6 +67,8 @@ class Plan:
     resumable: bool = False
     # Called in the transaction that claims the run.
     on_start: Callable[[AsyncSession, Run], Awaitable[None]] | None = None
+    # Held around all the steps (a migration lock); may wait, and may fail the run.
+    exclusive: Callable[[StepContext], AbstractAsyncContextManager[None]] | None = None
     # Called in the transaction that marks the run failed or cancelled.
     on_failure: FailureHook | None = None
 
@@ -94,10 +104,39 @@ class Executor:
         structlog.contextvars.bind_contextvars(run_id=str(run_id), request_id=run.request_id)
         try:
             async with self._heartbeat(run_id):
-                await self._run_steps(run_id, plan)
+                if plan.exclusive is None:
+                    await self._run_steps(run_id, plan)
+                else:
+                    await self._run_exclusive(run_id, plan, plan.exclusive)
         finally:
             await stream.expire(self.redis, run_id, self.settings.event_retention_seconds)
             structlog.contextvars.unbind_contextvars("run_id", "request_id")
+
+    async def _run_exclusive(
+        self,
+        run_id: uuid.UUID,
+        plan: Plan,
+        exclusive: Callable[[StepContext], AbstractAsyncContextManager[None]],
+    ) -> None:
+        async with self.sessionmaker() as session:
+            run = await repository.get(session, run_id)
+            assert run is not None
+            context = StepContext(session, run, "", self.settings, self.redis, self.sessionmaker)
+            try:
+                async with exclusive(context):
+                    await session.close()
+                    await self._run_steps(run_id, plan)
+                    return
+            except Exception as exc:
+                error = str(exc)
+                log.warning("run_exclusive_failed", error=error)
+        async with self.sessionmaker() as session:
+            run = await repository.get(session, run_id)
+            assert run is not None
+            if run.status == RunStatus.running:
+                await finish_failed(
+                    session, self.redis, self.settings, run, plan, error, RunStatus.failed
+                )
 
     async def _skip_done_steps(self, session: AsyncSession, run: Run) -> None:
         done = await repository.succeeded_steps(session, run.project_id, run.kind, run.id)
@@ -146,7 +185,7 @@ class Executor:
         async with self.sessionmaker() as session:
             run = await repository.get(session, run_id)
             assert run is not None
-            context = StepContext(session, run, name, self.settings, self.redis)
+            context = StepContext(session, run, name, self.settings, self.redis, self.sessionmaker)
             try:
                 output = await function(context)
             except Exception as exc:

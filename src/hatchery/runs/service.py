@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery import crypto, db, pagination, queue
@@ -32,6 +33,71 @@ async def create_run(
 ) -> Run:
     """Create a queued run with its planned steps; its job is enqueued once the caller's
     transaction commits."""
+    run = await _add_run(
+        session,
+        project_id=project_id,
+        kind=kind,
+        steps=steps,
+        trigger=trigger,
+        attempt=attempt,
+        idempotency_key=idempotency_key,
+        params=params,
+        key_id=key_id,
+    )
+    db.after_commit(session, lambda: enqueue(job_queue, run.id))
+    return run
+
+
+async def create_idempotent_run(
+    session: AsyncSession,
+    job_queue: queue.Queue,
+    *,
+    project_id: uuid.UUID,
+    kind: RunKind,
+    steps: Sequence[str],
+    idempotency_key: str,
+    trigger: RunTrigger = RunTrigger.api,
+    params: dict[str, Any] | None = None,
+    key_id: uuid.UUID | None = None,
+) -> tuple[Run, bool]:
+    """The run made for this idempotency key, created now if there is none. Returns it and
+    whether it is new; two concurrent requests with one key get one run."""
+    existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
+    if existing is not None:
+        return existing, False
+    try:
+        async with session.begin_nested():
+            run = await _add_run(
+                session,
+                project_id=project_id,
+                kind=kind,
+                steps=steps,
+                trigger=trigger,
+                idempotency_key=idempotency_key,
+                params=params,
+                key_id=key_id,
+            )
+    except IntegrityError:
+        # The other request committed first: its run is the one.
+        existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
+        assert existing is not None
+        return existing, False
+    db.after_commit(session, lambda: enqueue(job_queue, run.id))
+    return run, True
+
+
+async def _add_run(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    kind: RunKind,
+    steps: Sequence[str],
+    trigger: RunTrigger,
+    idempotency_key: str | None,
+    params: dict[str, Any] | None,
+    key_id: uuid.UUID | None,
+    attempt: int = 1,
+) -> Run:
     run = Run(
         project_id=project_id,
         kind=kind,
@@ -45,13 +111,18 @@ async def create_run(
     )
     session.add(run)
     await session.flush()
-    db.after_commit(session, lambda: enqueue(job_queue, run.id))
     return run
 
 
 async def enqueue(job_queue: queue.Queue, run_id: uuid.UUID) -> None:
     # The run id is the job id: arq refuses a second copy while the first is queued.
     await queue.enqueue(job_queue, EXECUTE_JOB, str(run_id), job_id=f"run:{run_id}")
+
+
+async def find_by_idempotency_key(
+    session: AsyncSession, project_id: uuid.UUID, idempotency_key: str
+) -> Run | None:
+    return await repository.get_by_idempotency_key(session, project_id, idempotency_key)
 
 
 async def get_run(session: AsyncSession, run_id: uuid.UUID) -> Run:

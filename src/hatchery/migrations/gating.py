@@ -1,0 +1,56 @@
+"""What a migration may do to an environment, checked before anything runs."""
+
+from alembic.util import CommandError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchery.errors import Conflict, FieldError, InvalidInput
+from hatchery.migrations import repository
+from hatchery.migrations.runner import Scripts
+from hatchery.projects.models import Environment, Project
+
+BASE = "base"
+
+
+async def check(
+    session: AsyncSession, project: Project, environment: Environment, target: str
+) -> None:
+    """An environment only receives a revision that has already succeeded on the one
+    before it in promotion order."""
+    earlier = [e for e in project.environments if e.position < environment.position]
+    if not earlier:
+        return
+    previous = max(earlier, key=lambda e: e.position)
+    landed = await repository.succeeded_revisions(session, previous.id)
+    if target not in landed and previous.revision != target:
+        raise Conflict(
+            f"revision {target} has not succeeded on {previous.name} yet: {environment.name} "
+            f"only receives what {previous.name} has passed (an admin may force it)"
+        )
+
+
+def revisions_to_revert(scripts: Scripts, current: str, target: str) -> list[str]:
+    """The revisions a downgrade from `current` to `target` reverts, newest first; refused
+    when the target is not earlier or a revision on the way cannot be undone."""
+    field = "body.target_revision"
+    if target != BASE and scripts.get(target) is None:
+        raise InvalidInput(
+            f"revision {target} is not in the history",
+            errors=[FieldError(field=field, message="unknown revision", type="unknown")],
+        )
+    if target == current:
+        return []
+    try:
+        path = scripts.downgrade_path(current, None if target == BASE else target)
+    except CommandError:
+        raise InvalidInput(
+            f"revision {target} is not an earlier revision of {current}",
+            errors=[FieldError(field=field, message="not an ancestor", type="not_ancestor")],
+        ) from None
+    for revision in path:
+        script = scripts.get(revision)
+        if script is None or not script.downgradable:
+            where = script.path.name if script else "missing file"
+            raise Conflict(
+                f"revision {revision} has no usable downgrade ({where}): restore a backup instead"
+            )
+    return path

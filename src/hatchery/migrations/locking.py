@@ -1,0 +1,58 @@
+"""One migrator per database: a session-level advisory lock on a connection of its own,
+taken with pg_try_advisory_lock and polled, never a blocking wait (a blocked waiter can
+deadlock with CREATE INDEX CONCURRENTLY in the migration it waits for)."""
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+POLL_SECONDS = 0.1
+
+
+class LockTimeout(RuntimeError):
+    pass
+
+
+def lock_key(database_name: str) -> int:
+    digest = hashlib.sha256(f"hatchery:migrate:{database_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.asynccontextmanager
+async def exclusive(
+    database_url: str,
+    database_name: str,
+    *,
+    wait_seconds: float,
+    on_wait: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[None]:
+    """Hold the database's migration lock for the body. If this process dies, the
+    connection closes and PostgreSQL releases the lock."""
+    key = lock_key(database_name)
+    engine = create_async_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            deadline = time.monotonic() + wait_seconds
+            waited = False
+            while not await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+                if time.monotonic() > deadline:
+                    raise LockTimeout(
+                        f"another migration of {database_name} held its lock for {wait_seconds:g} s"
+                    )
+                if not waited and on_wait is not None:
+                    await on_wait()
+                waited = True
+                await asyncio.sleep(POLL_SECONDS)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        await engine.dispose()

@@ -1,0 +1,104 @@
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+CommitSha = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9a-fA-F]{4,64}$"),
+    Field(description="A commit of the project's repository (full or abbreviated)."),
+]
+RevisionId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    environment: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    commit_sha: CommitSha
+    deployment_id: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=200),
+        Field(description="CI's id for the deployment: sending it again returns the same run."),
+    ]
+    target_revision: RevisionId | None = Field(
+        default=None, description="Defaults to the head of the migrations at `commit_sha`."
+    )
+    force: bool = Field(
+        default=False, description="Skip promotion gating (admin keys only; audited)."
+    )
+
+
+class MigrationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: RevisionId = "head"
+    dry_run: bool = Field(default=False, description="Return the SQL and change nothing.")
+    commit_sha: CommitSha | None = Field(
+        default=None, description="Defaults to the environment's last deployed commit."
+    )
+    force: bool = False
+
+
+class DryRun(BaseModel):
+    commit: str
+    current: str | None
+    target: str
+    pending: list[str]
+    sql: str = Field(description="The offline SQL of the pending revisions.")
+
+
+class RollbackCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_revision: RevisionId | None = Field(
+        default=None, description="Downgrade to this earlier revision (`base` for none)."
+    )
+    backup_id: uuid.UUID | None = Field(default=None, description="Restore this backup.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "RollbackCreate":
+        if (self.target_revision is None) == (self.backup_id is None):
+            raise ValueError("give exactly one of target_revision and backup_id")
+        return self
+
+
+class AppliedInfo(BaseModel):
+    at: datetime
+    by_key_id: uuid.UUID | None
+    run_id: uuid.UUID | None
+    deployment_id: str | None
+    duration_ms: int
+
+
+class RevisionOut(BaseModel):
+    revision: str
+    down_revisions: list[str]
+    message: str
+    applied: AppliedInfo | None = Field(description="When and by whom it landed here, if it has.")
+
+
+class Revisions(BaseModel):
+    environment: str
+    commit: str | None = Field(description="The commit whose migrations are listed.")
+    current: str | None
+    head: str | None
+    pending: list[str]
+    history: list[RevisionOut] = Field(description="Oldest first.")
+
+
+class BackupOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    revision: str | None
+    size_bytes: int
+    sha256: str
+    run_id: uuid.UUID | None
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class BackupList(BaseModel):
+    items: list[BackupOut] = Field(description="Newest first.")

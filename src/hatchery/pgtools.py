@@ -1,0 +1,54 @@
+"""PostgreSQL's command-line tools (pg_dump, pg_restore), run without credentials in argv."""
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+PG_BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/local/pgsql/bin")]
+
+
+class PgToolError(RuntimeError):
+    pass
+
+
+def pg_binary(name: str) -> str:
+    for directory in PG_BIN_DIRS:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        raise PgToolError(f"PostgreSQL's {name} was not found; install the PostgreSQL 15 client")
+    return found
+
+
+def libpq_environment(database_url: str) -> dict[str, str]:
+    """PG* variables for a SQLAlchemy URL: the password travels in the environment."""
+    url = make_url(database_url)
+    variables = {
+        "PGHOST": url.host or "localhost",
+        "PGPORT": str(url.port or 5432),
+        "PGUSER": url.username or "",
+        "PGDATABASE": url.database or "",
+        "PGPASSWORD": url.password or "",
+        "PGCONNECT_TIMEOUT": "10",
+    }
+    return {**os.environ, **{k: str(v) for k, v in variables.items() if v}}
+
+
+async def run(tool: str, *args: str, database_url: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        pg_binary(tool),
+        *args,
+        env=libpq_environment(database_url),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        message = err.decode(errors="replace").strip().splitlines()
+        raise PgToolError(f"{tool} failed: {message[-1] if message else process.returncode}")
+    return out.decode(errors="replace")
