@@ -190,7 +190,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 @pytest.fixture(autouse=True)
 async def _clean_redis(redis_server: EmbeddedRedis) -> None:
     client = queue.connect(redis_server.url)
-    await client.flushdb()
+    await client.flushall()
     await queue.close(client)
 
 
@@ -229,3 +229,16 @@ async def admin_token(session: AsyncSession, settings: Settings) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def isolated_env(service_env: dict[str, str]) -> dict[str, str]:
+    # A Redis database of its own: only the workers this test starts see its jobs.
+    return {**service_env, "HATCHERY_REDIS_URL": service_env["HATCHERY_REDIS_URL"][:-1] + "1"}
+
+
+@pytest.fixture
+def isolated_api(isolated_env: dict[str, str], scratch_dir: Path) -> Iterator[str]:
+    process, url = start_api(isolated_env, scratch_dir / "isolated-api.log")
+    yield url
+    stop_process(process)

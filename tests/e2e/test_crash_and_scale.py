@@ -4,31 +4,16 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
 from hatchery.events import stream
 from hatchery.queue import close, connect, enqueue, result
-from tests.conftest import bearer, start_api, start_process, stop_process
+from tests.conftest import bearer, start_process, stop_process
 from tests.e2e.helpers import create_project, get_project, wait_for_run
 from tests.sse import follow
-
-
-@pytest.fixture
-def isolated_env(service_env: dict[str, str]) -> dict[str, str]:
-    # A Redis database of its own: only the workers this test starts see its jobs.
-    return {**service_env, "HATCHERY_REDIS_URL": service_env["HATCHERY_REDIS_URL"][:-1] + "1"}
-
-
-@pytest.fixture
-def isolated_api(isolated_env: dict[str, str], scratch_dir: Path) -> Iterator[str]:
-    process, url = start_api(isolated_env, scratch_dir / "isolated-api.log")
-    yield url
-    stop_process(process)
 
 
 async def test_killed_worker_is_reaped_and_retry_duplicates_nothing(

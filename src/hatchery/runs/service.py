@@ -140,10 +140,10 @@ def keep_secret_once(run: Run, name: str, plaintext: str, encryption_key: bytes)
 
 
 async def read_run(session: AsyncSession, run_id: uuid.UUID, encryption_key: bytes) -> Run:
-    """The run, with one-time secrets revealed in its result on this read and then dropped
-    from storage for good."""
+    """The run, with one-time secrets revealed in its result on the first read after it
+    succeeded, and then dropped from storage for good."""
     run = await get_run(session, run_id)
-    if not run.result or _ONCE not in run.result:
+    if run.status != RunStatus.succeeded or not run.result or _ONCE not in run.result:
         return run
     run = await repository.get(session, run_id, for_update=True) or run
     if not run.result or _ONCE not in run.result:
