@@ -21,6 +21,9 @@ from hatchery.observability import configure_logging
 from hatchery.projects.router import router as projects_router
 from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from hatchery.runs.router import router as runs_router
+from hatchery.schema.cache import SingleFlight
+from hatchery.schema.connections import EnvironmentEngines
+from hatchery.schema.router import router as schema_router
 
 API_PREFIX = "/api/v1"
 
@@ -40,10 +43,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tick_seconds=settings.sse_ping_seconds,
     )
     app.state.hub.start()
+    app.state.environment_engines = EnvironmentEngines()
+    app.state.schema_flights = SingleFlight()
     tune_garbage_collector()
     try:
         yield
     finally:
+        await app.state.environment_engines.dispose()
         await app.state.hub.stop()
         await queue.close(app.state.queue)
         await app.state.engine.dispose()
@@ -101,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(projects_router)
     api.include_router(runs_router)
     api.include_router(migrations_router)
+    api.include_router(schema_router)
     api.include_router(keys_router)
     app.include_router(api)
     app.include_router(health_router)

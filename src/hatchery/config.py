@@ -74,12 +74,26 @@ class Settings(BaseSettings):
     backup_keep_count: int = Field(default=10, ge=1)
     backup_keep_days: int = Field(default=30, ge=1)
 
+    schema_statement_timeout_ms: int = Field(default=5000, ge=1)
+    # A cached schema is re-verified against an exact catalog checksum this often, on
+    # top of the per-request check of PostgreSQL's catalog statistics.
+    schema_verify_seconds: float = Field(default=10.0, gt=0)
+    schema_cache_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    schema_sensitive_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "password", "passwd", "secret", "token", "api_?key", "ssn", "credit_?card",
+            "private_?key", "salt",
+        ]
+    )  # fmt: skip
+    schema_hide_sensitive: bool = False
+
     @model_validator(mode="before")
     @classmethod
-    def _split_cors_origins(cls, data: dict[str, object]) -> dict[str, object]:
-        origins = data.get("cors_origins")
-        if isinstance(origins, str):
-            data["cors_origins"] = [o.strip() for o in origins.split(",") if o.strip()]
+    def _split_lists(cls, data: dict[str, object]) -> dict[str, object]:
+        for name in ("cors_origins", "schema_sensitive_patterns"):
+            value = data.get(name)
+            if isinstance(value, str):
+                data[name] = [v.strip() for v in value.split(",") if v.strip()]
         return data
 
     @model_validator(mode="after")

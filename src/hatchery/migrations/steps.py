@@ -18,6 +18,7 @@ from hatchery.projects import git, provisioning
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import Environment, Project
 from hatchery.runs.executor import Plan, StepContext
+from hatchery.schema import cache as schema_cache
 
 
 class StepError(RuntimeError):
@@ -217,6 +218,7 @@ async def record(context: StepContext) -> dict[str, Any]:
             context.session, environment, context.run, applied, scripts, direction
         )
     environment.revision = await runner.current_revision(database_url(context, environment))
+    await schema_cache.invalidate(context.redis, environment.id)
     if direction == Direction.upgrade:
         environment.deployed_commit = commit
     context.run.result = {**(context.run.result or {}), "revision": environment.revision}
@@ -273,6 +275,7 @@ async def restore(context: StepContext) -> dict[str, Any]:
 async def record_restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
     environment.revision = await runner.current_revision(database_url(context, environment))
+    await schema_cache.invalidate(context.redis, environment.id)
     context.run.result = {**(context.run.result or {}), "revision": environment.revision}
     return {"revision": environment.revision}
 
