@@ -21,9 +21,8 @@ from hatchery.observability import configure_logging
 from hatchery.projects.router import router as projects_router
 from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from hatchery.runs.router import router as runs_router
-from hatchery.schema.cache import SingleFlight
-from hatchery.schema.connections import EnvironmentEngines
 from hatchery.schema.router import router as schema_router
+from hatchery.schema.service import SchemaState
 
 API_PREFIX = "/api/v1"
 
@@ -43,13 +42,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tick_seconds=settings.sse_ping_seconds,
     )
     app.state.hub.start()
-    app.state.environment_engines = EnvironmentEngines()
-    app.state.schema_flights = SingleFlight()
+    app.state.schema = SchemaState()
     tune_garbage_collector()
     try:
         yield
     finally:
-        await app.state.environment_engines.dispose()
+        await app.state.schema.engines.dispose()
         await app.state.hub.stop()
         await queue.close(app.state.queue)
         await app.state.engine.dispose()

@@ -1,4 +1,8 @@
-"""Shared clients of the api process, as dependency aliases for route signatures."""
+"""Shared clients of the api process, as dependency aliases for route signatures.
+
+The providers are async on purpose: FastAPI runs a plain `def` dependency in a worker
+thread, a needless hop on every request.
+"""
 
 from typing import Annotated
 
@@ -9,17 +13,17 @@ from hatchery.config import Settings
 from hatchery.events.hub import EventHub
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _queue(request: Request) -> queue.Queue:
+async def _queue(request: Request) -> queue.Queue:
     job_queue: queue.Queue = request.app.state.queue
     return job_queue
 
 
-def _hub(request: Request) -> EventHub:
+async def _hub(request: Request) -> EventHub:
     hub: EventHub = request.app.state.hub
     return hub
 

@@ -107,22 +107,11 @@ class EmbeddedPostgres:
         self.psql("postgres", "CREATE DATABASE hatchery")
 
     def psql(self, database: str, sql: str) -> str:
+        """Run SQL (read from standard input, so it may be long) and return the output."""
+        command = [pg_binary("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER]
         result = subprocess.run(
-            [
-                pg_binary("psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                database,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qAtc",
-                sql,
-            ],
+            [*command, "-d", database, "-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"],
+            input=sql,
             env={**os.environ, "PGPASSWORD": self.password},
             capture_output=True,
             text=True,

@@ -205,3 +205,15 @@ async def test_every_schema_object_is_a_typed_model_in_openapi(client: httpx.Asy
         assert model["type"] == "object" and model["properties"], name
         for field, spec in model["properties"].items():
             assert spec != {} and spec.get("additionalProperties") is not True, (name, field)
+
+
+async def test_schema_reads_record_the_keys_use(
+    client: httpx.AsyncClient,
+    schema_project: Project,
+    session: AsyncSession,
+    settings: Settings,
+) -> None:
+    key, token = await make_key(session, settings, Scope.schema_read)
+    assert (await client.get(url(schema_project), headers=bearer(token))).status_code == 200
+    await session.refresh(key)
+    assert key.last_used_at is not None

@@ -5,6 +5,7 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.audit import service as audit
+from hatchery.db import utcnow
 from hatchery.errors import NotFound, Unauthorized
 from hatchery.keys import repository, tokens
 from hatchery.keys.models import ApiKey, Scope
@@ -68,5 +69,6 @@ async def authenticate(session: AsyncSession, hash_key: bytes, plaintext: str) -
         raise Unauthorized("Unknown bearer token")
     if key.revoked_at is not None:
         raise Unauthorized("This token has been revoked")
-    await repository.touch(session, key)
+    if key.last_used_at is None or key.last_used_at < utcnow() - repository.LAST_USED_RESOLUTION:
+        await repository.touch(session, key)
     return key

@@ -7,12 +7,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from hatchery.keys.models import ApiKey
-from hatchery.projects.models import Project, ProjectStatus
+from hatchery.projects.models import Environment, Project, ProjectStatus
 
 
 async def get(session: AsyncSession, project_id: uuid.UUID) -> Project | None:
     return await session.scalar(
         select(Project).where(Project.id == project_id).options(selectinload(Project.environments))
+    )
+
+
+async def get_environment(
+    session: AsyncSession, project_id: uuid.UUID, name: str
+) -> Environment | None:
+    return await session.scalar(
+        select(Environment).where(Environment.project_id == project_id, Environment.name == name)
     )
 
 

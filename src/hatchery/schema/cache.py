@@ -1,8 +1,10 @@
-"""Cached schema documents in Redis, validated on every read, built once at a time."""
+"""Cached schema documents: small metadata and the body apart, so that validating an
+entry (every read) or answering 304 never moves the document itself."""
 
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -13,50 +15,54 @@ PREFIX = "hatchery:schema:"
 
 
 @dataclass(frozen=True)
-class Entry:
+class Meta:
     probe: str
     checksum: str
     verified_at: float
     etag: str
-    body: bytes
 
 
 def key(environment_id: uuid.UUID, variant: str) -> str:
     return f"{PREFIX}{environment_id}:{variant}"
 
 
-async def read(redis: Redis, cache_key: str) -> Entry | None:
-    values = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(cache_key))
-    if not values or b"body" not in values:
+async def read_meta(redis: Redis, cache_key: str) -> Meta | None:
+    values = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(cache_key + ":meta"))
+    if not values:
         return None
-    return Entry(
+    return Meta(
         probe=values[b"probe"].decode(),
         checksum=values[b"checksum"].decode(),
         verified_at=float(values[b"verified_at"]),
         etag=values[b"etag"].decode(),
-        body=values[b"body"],
     )
 
 
-async def write(redis: Redis, cache_key: str, entry: Entry, ttl_seconds: int) -> None:
+async def read_body(redis: Redis, cache_key: str, etag: str) -> bytes | None:
+    body = await redis.get(f"{cache_key}:body:{etag}")
+    return cast(bytes | None, body)
+
+
+async def write(redis: Redis, cache_key: str, meta: Meta, body: bytes, ttl_seconds: int) -> None:
     async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(f"{cache_key}:body:{meta.etag}", body, ex=ttl_seconds)
         pipe.hset(
-            cache_key,
+            cache_key + ":meta",
             mapping={
-                "probe": entry.probe,
-                "checksum": entry.checksum,
-                "verified_at": entry.verified_at,
-                "etag": entry.etag,
-                "body": entry.body,
+                "probe": meta.probe,
+                "checksum": meta.checksum,
+                "verified_at": meta.verified_at,
+                "etag": meta.etag,
             },
         )
-        pipe.expire(cache_key, ttl_seconds)
+        pipe.expire(cache_key + ":meta", ttl_seconds)
         await pipe.execute()
 
 
 async def mark_verified(redis: Redis, cache_key: str, probe: str) -> None:
     await cast(
-        Awaitable[int], redis.hset(cache_key, mapping={"probe": probe, "verified_at": time.time()})
+        Awaitable[int],
+        redis.hset(cache_key + ":meta", mapping={"probe": probe, "verified_at": time.time()}),
     )
 
 
@@ -66,20 +72,47 @@ async def invalidate(redis: Redis, environment_id: uuid.UUID) -> None:
         await redis.delete(cache_key)
 
 
+class Bodies:
+    """Recently served documents by ETag, in this process: a warm read of a large schema
+    then moves nothing from Redis. An ETag names one content, so nothing here is stale."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self._max_bytes = max_bytes
+        self._size = 0
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, etag: str) -> bytes | None:
+        body = self._bodies.get(etag)
+        if body is not None:
+            self._bodies.move_to_end(etag)
+        return body
+
+    def put(self, etag: str, body: bytes) -> None:
+        if etag in self._bodies or len(body) > self._max_bytes:
+            return
+        self._bodies[etag] = body
+        self._size += len(body)
+        while self._size > self._max_bytes:
+            _, evicted = self._bodies.popitem(last=False)
+            self._size -= len(evicted)
+
+
 class SingleFlight:
     """Concurrent requests for the same document share one introspection."""
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Future[Entry]] = {}
+        self._flights: dict[str, asyncio.Future[tuple[Meta, bytes]]] = {}
 
-    async def run(self, flight_key: str, build: Callable[[], Awaitable[Entry]]) -> Entry:
+    async def run(
+        self, flight_key: str, build: Callable[[], Awaitable[tuple[Meta, bytes]]]
+    ) -> tuple[Meta, bytes]:
         flight = self._flights.get(flight_key)
         if flight is not None:
             return await asyncio.shield(flight)
         flight = asyncio.get_running_loop().create_future()
         self._flights[flight_key] = flight
         try:
-            entry = await build()
+            built = await build()
         except asyncio.CancelledError:
             flight.cancel()
             raise
@@ -89,7 +122,7 @@ class SingleFlight:
             flight.exception()
             raise
         else:
-            flight.set_result(entry)
-            return entry
+            flight.set_result(built)
+            return built
         finally:
             del self._flights[flight_key]

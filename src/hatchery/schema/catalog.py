@@ -9,6 +9,7 @@ them.
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import text
@@ -67,6 +68,27 @@ CHECKSUM = text(
         f"SELECT '{source.split()[0]}:' || count(*) || ':' "
         f"|| coalesce(sum(c.xmin::text::bigint), 0) AS part FROM {source} WHERE {where}"
         for source, where in _CHECKED_CATALOGS.items()
+    )
+    + ") parts"
+)
+
+
+# The same, for one relation only, through the catalogs' indexes.
+TABLE_CHECKSUM = text(
+    "SELECT md5(string_agg(part, ',' ORDER BY part)) FROM ("
+    + " UNION ALL ".join(
+        f"SELECT '{name}:' || count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) AS part "
+        f"FROM {name} WHERE {column} = :relation"
+        for name, column in {
+            "pg_class": "oid",
+            "pg_attribute": "attrelid",
+            "pg_attrdef": "adrelid",
+            "pg_constraint": "conrelid",
+            "pg_index": "indrelid",
+            "pg_description": "objoid",
+            "pg_policy": "polrelid",
+            "pg_inherits": "inhrelid",
+        }.items()
     )
     + ") parts"
 )
@@ -141,7 +163,7 @@ COLUMNS_SQL = """
     SELECT a.attrelid, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
            a.attnotnull,
            CASE WHEN ad.oid IS NOT NULL THEN pg_get_expr(ad.adbin, ad.adrelid, true) END,
-           a.attidentity::text, a.attgenerated::text, d.description,
+           a.attidentity::text, a.attgenerated::text,
            t.typtype::text, t.typcategory::text, et.typtype::text AS elemtype,
            tn.nspname || '.' || t.typname, etn.nspname || '.' || et.typname
     FROM rel
@@ -151,9 +173,13 @@ COLUMNS_SQL = """
     LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
     LEFT JOIN pg_namespace etn ON etn.oid = et.typnamespace
     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-    LEFT JOIN pg_description d
-        ON d.objoid = a.attrelid AND d.classoid = 'pg_class'::regclass AND d.objsubid = a.attnum
-    ORDER BY a.attrelid, a.attnum
+"""
+
+# Few rows: joined in Python rather than merged (and sorted) against every column.
+COLUMN_COMMENTS_SQL = """
+    SELECT d.objoid, d.objsubid, d.description
+    FROM rel JOIN pg_description d
+        ON d.objoid = rel.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
 """
 
 CONSTRAINTS_SQL = """
@@ -237,6 +263,7 @@ SCHEMAS_SQL = f"""
 """
 
 ACTIONS = {"a": "no action", "r": "restrict", "c": "cascade", "n": "set null", "d": "set default"}
+IDENTITY = {"a": "always", "d": "by_default"}
 KINDS_OF_CHECK = {"c": "check", "x": "exclusion"}
 POLICY_COMMANDS = {"*": "all", "r": "select", "a": "insert", "w": "update", "d": "delete"}
 
@@ -246,8 +273,12 @@ class Masking:
     patterns: tuple[str, ...]
     hide: bool
 
+    @cached_property
+    def _pattern(self) -> re.Pattern[str] | None:
+        return re.compile("|".join(self.patterns), re.IGNORECASE) if self.patterns else None
+
     def sensitive(self, column: str) -> bool:
-        return any(re.search(p, column, re.IGNORECASE) for p in self.patterns)
+        return self._pattern is not None and self._pattern.search(column) is not None
 
 
 async def introspect(
@@ -321,13 +352,15 @@ async def _columns(
     masking: Masking,
 ) -> None:
     listing = "columns" in parts
+    comments: dict[tuple[int, int], str] = {}
     if listing:
         for table in tables.values():
             table["columns"] = []
-    for (relid, attnum, name, type_, notnull, default, identity, generated, comment, typtype,
-         category, elemtype, typname, elemname) in (
-        await conn.execute(text(cte + COLUMNS_SQL), params)
-    ).all():  # fmt: skip
+        described = await conn.execute(text(cte + COLUMN_COMMENTS_SQL), params)
+        comments = {(relid, attnum): comment for relid, attnum, comment in described.all()}
+    rows = (await conn.execute(text(cte + COLUMNS_SQL), params)).all()
+    for (relid, attnum, name, type_, notnull, default, identity, generated, typtype,
+         category, elemtype, typname, elemname) in sorted(rows, key=_by_position):  # fmt: skip
         attnames[relid][attnum] = name
         if not listing:
             continue
@@ -343,15 +376,19 @@ async def _columns(
                 "type": type_,
                 "nullable": not notnull,
                 "default": None if sensitive or generated else default,
-                "identity": {"a": "always", "d": "by_default"}.get(identity),
+                "identity": IDENTITY.get(identity),
                 "generated": default if generated == "s" else None,
                 "is_array": is_array,
                 "enum": enum,
                 "domain": typname if typtype == "d" else None,
-                "comment": None if sensitive else comment,
+                "comment": None if sensitive else comments.get((relid, attnum)),
                 "sensitive": sensitive,
             }
         )
+
+
+def _by_position(row: Any) -> tuple[int, int]:
+    return row[0], row[1]
 
 
 def _names(attnames: dict[int, str], numbers: list[int] | None) -> list[str]:

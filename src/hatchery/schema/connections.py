@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -15,17 +16,21 @@ class EnvironmentEngines:
         self._engines: OrderedDict[uuid.UUID, tuple[str, AsyncEngine]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
-    def get(self, environment_id: uuid.UUID, database_url: str) -> AsyncEngine:
-        digest = hashlib.sha256(database_url.encode()).hexdigest()
+    def get(
+        self, environment_id: uuid.UUID, sealed_url: bytes, unseal: Callable[[bytes], str]
+    ) -> AsyncEngine:
+        """The environment's engine; the URL is decrypted only to make a new one (when the
+        environment is new here, or its credentials changed)."""
+        digest = hashlib.sha256(sealed_url).hexdigest()
         cached = self._engines.get(environment_id)
         if cached is not None and cached[0] == digest:
             self._engines.move_to_end(environment_id)
             return cached[1]
         if cached is not None:
             self._dispose_later(cached[1])
-        engine = create_async_engine(
-            database_url, pool_size=2, max_overflow=4, pool_recycle=300, pool_pre_ping=True
-        )
+        database_url = unseal(sealed_url)
+        # No pre-ping (a round trip per read): a connection found dead is retried once.
+        engine = create_async_engine(database_url, pool_size=2, max_overflow=4, pool_recycle=300)
         self._engines[environment_id] = (digest, engine)
         while len(self._engines) > self._capacity:
             _, (_, evicted) = self._engines.popitem(last=False)

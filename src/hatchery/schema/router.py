@@ -116,8 +116,7 @@ async def _read(
     query: service.Query,
     if_none_match: str | None,
 ) -> service.Answer:
-    state = request.app.state
     return await service.read(
-        session, redis, state.environment_engines, state.schema_flights, settings,
-        project_id, environment, query, if_none_match,
+        session, redis, request.app.state.schema, settings, project_id, environment, query,
+        if_none_match,
     )  # fmt: skip

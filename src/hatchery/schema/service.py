@@ -1,21 +1,24 @@
 """Schema reads: a cheap probe on every request, the cached document when nothing
 changed, one introspection at a time when something did."""
 
+import asyncio
 import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from hatchery import crypto
 from hatchery.config import Settings
 from hatchery.errors import FieldError, HatcheryError, InvalidInput, NotFound
-from hatchery.projects import provisioning
+from hatchery.projects import repository as projects_repository
 from hatchery.projects import service as projects
 from hatchery.projects.models import Environment
 from hatchery.schema import cache, catalog
@@ -88,8 +91,7 @@ def parse_table(qualified: str) -> tuple[str, str]:
 async def read(
     session: AsyncSession,
     redis: Redis,
-    engines: EnvironmentEngines,
-    flights: cache.SingleFlight,
+    state: "SchemaState",
     settings: Settings,
     project_id: uuid.UUID,
     environment_name: str,
@@ -97,68 +99,109 @@ async def read(
     if_none_match: str | None,
 ) -> Answer:
     environment = await _environment(session, project_id, environment_name)
-    url = provisioning.connection_url(environment, settings.encryption_secret)
-    # The control database is not needed past this point: release its connection.
-    await session.close()
-    engine = engines.get(environment.id, url)
+    assert environment.database_url is not None
+    engine = state.engines.get(
+        environment.id,
+        environment.database_url,
+        lambda sealed: crypto.decrypt(sealed, settings.encryption_secret),
+    )
     masking = catalog.Masking(
         tuple(settings.schema_sensitive_patterns), settings.schema_hide_sensitive
     )
     cache_key = cache.key(environment.id, query.variant(masking))
     try:
-        entry = await _current(
-            engine, redis, flights, settings, environment, query, masking, cache_key
-        )
+        try:
+            meta, body = await _current(
+                engine, redis, state, settings, environment, query, masking, cache_key,
+                if_none_match,
+            )  # fmt: skip
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A pooled connection outlived its server (a restart): once more, afresh.
+            meta, body = await _current(
+                engine, redis, state, settings, environment, query, masking, cache_key,
+                if_none_match,
+            )  # fmt: skip
     except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+        name = type(getattr(exc, "orig", exc)).__name__
         raise SchemaUnavailable(
-            f"Could not read the schema of '{environment_name}': "
-            f"{type(getattr(exc, 'orig', exc)).__name__}"
+            f"Could not read the schema of '{environment_name}': {name}"
         ) from None
-    if if_none_match and (if_none_match.strip() == "*" or entry.etag in _etags(if_none_match)):
-        return Answer(entry.etag, None)
-    return Answer(entry.etag, entry.body)
+    return Answer(meta.etag, body)
 
 
-def _etags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+@dataclass
+class SchemaState:
+    """What an api process keeps for schema reads."""
+
+    engines: EnvironmentEngines = field(default_factory=EnvironmentEngines)
+    flights: cache.SingleFlight = field(default_factory=cache.SingleFlight)
+    bodies: cache.Bodies = field(default_factory=cache.Bodies)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 async def _environment(session: AsyncSession, project_id: uuid.UUID, name: str) -> Environment:
-    project = await projects.get_project(session, project_id)
-    for environment in project.environments:
-        if environment.name == name:
-            if environment.database_url is None:
-                raise NotFound(f"Environment '{name}' has no database yet")
-            return environment
-    raise NotFound(f"Project '{project.slug}' has no environment '{name}'")
+    environment = await projects_repository.get_environment(session, project_id, name)
+    if environment is None:
+        project = await projects.get_project(session, project_id)  # 404 for an unknown project
+        raise NotFound(f"Project '{project.slug}' has no environment '{name}'")
+    if environment.database_url is None:
+        raise NotFound(f"Environment '{name}' has no database yet")
+    return environment
 
 
 async def _current(
     engine: AsyncEngine,
     redis: Redis,
-    flights: cache.SingleFlight,
+    state: SchemaState,
     settings: Settings,
     environment: Environment,
     query: Query,
     masking: catalog.Masking,
     cache_key: str,
-) -> cache.Entry:
+    if_none_match: str | None,
+) -> tuple[cache.Meta, bytes | None]:
+    """The current document's metadata, and its body unless the client has it."""
     async with engine.connect() as conn:
         probe = str(await conn.scalar(catalog.PROBE))
-        entry = await cache.read(redis, cache_key)
-        if entry is not None and entry.probe == probe:
-            if time.time() - entry.verified_at < settings.schema_verify_seconds:
-                return entry
-            if await conn.scalar(catalog.CHECKSUM) == entry.checksum:
+        meta = await cache.read_meta(redis, cache_key)
+        if meta is not None and meta.probe == probe:
+            fresh = time.time() - meta.verified_at < settings.schema_verify_seconds
+            if not fresh and await _checksum(conn, query) == meta.checksum:
                 await cache.mark_verified(redis, cache_key, probe)
-                return entry
+                fresh = True
+            if fresh:
+                if _matches(if_none_match, meta.etag):
+                    return meta, None
+                body = state.bodies.get(meta.etag) or await cache.read_body(
+                    redis, cache_key, meta.etag
+                )
+                if body is not None:
+                    state.bodies.put(meta.etag, body)
+                    return meta, body
 
-    async def build() -> cache.Entry:
-        built = await _introspect(engine, settings, environment, query, masking)
-        await cache.write(redis, cache_key, built, settings.schema_cache_ttl_seconds)
-        return built
+    async def build() -> tuple[cache.Meta, bytes]:
+        built, body = await _introspect(engine, settings, environment, query, masking)
+        await cache.write(redis, cache_key, built, body, settings.schema_cache_ttl_seconds)
+        return built, body
 
-    return await flights.run(cache_key, build)
+    meta, body = await state.flights.run(cache_key, build)
+    state.bodies.put(meta.etag, body)
+    return meta, None if _matches(if_none_match, meta.etag) else body
+
+
+async def _checksum(conn: AsyncConnection, query: Query) -> str:
+    if query.table is None:
+        return str(await conn.scalar(catalog.CHECKSUM))
+    relation = await catalog.find_relation(conn, *query.table)
+    return str(await conn.scalar(catalog.TABLE_CHECKSUM, {"relation": relation}))
 
 
 async def _introspect(
@@ -167,40 +210,45 @@ async def _introspect(
     environment: Environment,
     query: Query,
     masking: catalog.Masking,
-) -> cache.Entry:
-    async with engine.connect() as conn:
-        # One consistent snapshot for every query, bounded in time.
+) -> tuple[cache.Meta, bytes]:
+    limits = [
+        text(f"SET LOCAL statement_timeout = {int(settings.schema_statement_timeout_ms)}"),
+        text("SET LOCAL work_mem = '64MB'"),
+    ]
+    async with engine.connect() as conn, engine.connect() as beside:
+        # One consistent snapshot for every query, shared with a second connection that
+        # computes the exact checksum meanwhile.
         await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        await conn.execute(
-            text(f"SET LOCAL statement_timeout = {int(settings.schema_statement_timeout_ms)}")
-        )
+        for limit in limits:
+            await conn.execute(limit)
+        snapshot = await conn.scalar(text("SELECT pg_export_snapshot()"))
+        await beside.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        await beside.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        for limit in limits:
+            await beside.execute(limit)
         probe = str(await conn.scalar(catalog.PROBE))
-        checksum = str(await conn.scalar(catalog.CHECKSUM))
         scope = catalog.Scope(schemas=query.schemas, kinds=query.kinds)
         if query.table is not None:
             oid = await catalog.find_relation(conn, *query.table)
             if oid is None:
-                raise NotFound(
-                    f"No table {query.table[0]}.{query.table[1]} in '{environment.name}'"
-                )
+                schema, table = query.table
+                raise NotFound(f"No table {schema}.{table} in '{environment.name}'")
             scope = catalog.Scope(relation=oid)
-        document = await catalog.introspect(conn, scope, query.parts, masking)
-        revision = await catalog.revision(conn)
+        checksum = asyncio.create_task(_checksum(beside, query))
+        try:
+            document = await catalog.introspect(conn, scope, query.parts, masking)
+            revision = await catalog.revision(conn)
+        finally:
+            exact = await checksum
+        await beside.rollback()
         await conn.rollback()
-    if query.table is not None:
-        content: dict[str, Any] = {"table": document["tables"][0]}
-    else:
-        content = document
-    body = json.dumps(content, separators=(",", ":"), default=str)
-    fingerprint = hashlib.sha256(f"{revision}\n{body}".encode()).hexdigest()[:32]
-    head = json.dumps(
-        {"environment": environment.name, "revision": revision, "fingerprint": fingerprint},
-        separators=(",", ":"),
+    content: dict[str, Any] = (
+        {"table": document["tables"][0]} if query.table is not None else document
     )
-    return cache.Entry(
-        probe=probe,
-        checksum=checksum,
-        verified_at=time.time(),
-        etag=f'"{fingerprint}"',
-        body=(head[:-1] + "," + body[1:]).encode(),
+    body = orjson.dumps(content, default=str)
+    fingerprint = hashlib.sha256(f"{revision}\n".encode() + body).hexdigest()[:32]
+    head = orjson.dumps(
+        {"environment": environment.name, "revision": revision, "fingerprint": fingerprint}
     )
+    meta = cache.Meta(probe=probe, checksum=exact, verified_at=time.time(), etag=f'"{fingerprint}"')
+    return meta, head[:-1] + b"," + body[1:]
