@@ -160,19 +160,24 @@ def _relations_sql(parts: frozenset[str]) -> str:
 
 
 COLUMNS_SQL = """
-    SELECT a.attrelid, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
-           a.attnotnull,
+    SELECT a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
            CASE WHEN ad.oid IS NOT NULL THEN pg_get_expr(ad.adbin, ad.adrelid, true) END,
-           a.attidentity::text, a.attgenerated::text,
-           t.typtype::text, t.typcategory::text, et.typtype::text AS elemtype,
-           tn.nspname || '.' || t.typname, etn.nspname || '.' || et.typname
+           a.attidentity::text, a.attgenerated::text
     FROM rel
     JOIN pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
-    JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+"""
+
+# Thousands of columns share a few types: each distinct (type, modifier) is described once.
+COLUMN_TYPES_SQL = """
+    SELECT x.typid, x.typmod, format_type(x.typid, x.typmod),
+           t.typtype::text, t.typcategory::text, et.typtype::text,
+           tn.nspname || '.' || t.typname, etn.nspname || '.' || et.typname
+    FROM unnest(CAST(:typids AS oid[]), CAST(:typmods AS int[])) AS x(typid, typmod)
+    JOIN pg_type t ON t.oid = x.typid
     JOIN pg_namespace tn ON tn.oid = t.typnamespace
     LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
     LEFT JOIN pg_namespace etn ON etn.oid = et.typnamespace
-    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
 """
 
 # Few rows: joined in Python rather than merged (and sorted) against every column.
@@ -359,14 +364,25 @@ async def _columns(
         described = await conn.execute(text(cte + COLUMN_COMMENTS_SQL), params)
         comments = {(relid, attnum): comment for relid, attnum, comment in described.all()}
     rows = (await conn.execute(text(cte + COLUMNS_SQL), params)).all()
-    for (relid, attnum, name, type_, notnull, default, identity, generated, typtype,
-         category, elemtype, typname, elemname) in sorted(rows, key=_by_position):  # fmt: skip
+    pairs = sorted({(row[3], row[4]) for row in rows})
+    types = {
+        (typid, typmod): described
+        for typid, typmod, *described in (
+            await conn.execute(
+                text(COLUMN_TYPES_SQL),
+                {"typids": [p[0] for p in pairs], "typmods": [p[1] for p in pairs]},
+            )
+        ).all()
+    }
+    for (relid, attnum, name, typid, typmod, notnull, default, identity,
+         generated) in sorted(rows, key=_by_position):  # fmt: skip
         attnames[relid][attnum] = name
         if not listing:
             continue
         sensitive = masking.sensitive(name)
         if sensitive and masking.hide:
             continue
+        type_, typtype, category, elemtype, typname, elemname = types[(typid, typmod)]
         is_array = category == "A"
         enum = typname if typtype == "e" else (elemname if is_array and elemtype == "e" else None)
         tables[relid]["columns"].append(
