@@ -6,7 +6,7 @@ thread, a needless hop on every request.
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from hatchery import queue
 from hatchery.config import Settings
@@ -31,3 +31,10 @@ async def _hub(request: Request) -> EventHub:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 QueueDep = Annotated[queue.Queue, Depends(_queue)]
 HubDep = Annotated[EventHub, Depends(_hub)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="Sending the same key again returns what the first request made (200).",
+    ),
+]

@@ -200,6 +200,24 @@ async def test_dry_run_returns_sql_and_touches_nothing(
     assert [r["kind"] for r in runs.json()["items"]] == ["initialize"]
 
 
+async def test_same_idempotency_key_on_a_migration_returns_the_same_run(
+    live: httpx.AsyncClient, live_admin_token: str, postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    project, _ = await active_project(live, live_admin_token, "idem-migrate", ["staging"])
+    commit = WorkingCopy(project["repository_url"], tmp_path / "repo").add_revision(
+        "0002", "0001", WIDGETS
+    )
+    headers = {**bearer(live_admin_token), "Idempotency-Key": f"migrate-{project['id']}"}
+    migrate_url = f"/api/v1/projects/{project['id']}/environments/staging/migrations"
+    real = {"target": "head", "commit_sha": commit}
+    first = await live.post(migrate_url, json=real, headers=headers)
+    again = await live.post(migrate_url, json=real, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert (await wait_for_run(live, live_admin_token, first.json()["id"]))["status"] == "succeeded"
+    assert has_table(postgres, database(project, "staging"), "widget")
+
+
 async def test_downgrade_and_restore_bring_back_the_earlier_schema_and_data(
     live: httpx.AsyncClient, live_admin_token: str, postgres: EmbeddedPostgres, tmp_path: Path
 ) -> None:

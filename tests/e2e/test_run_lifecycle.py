@@ -89,10 +89,12 @@ async def test_failed_baseline_is_recorded_and_retry_resumes_at_the_failed_step(
     _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "fix baseline", cwd=clone)
     _git("push", "--quiet", "origin", "main", cwd=clone)
 
-    retry = await live.post(
-        f"/api/v1/projects/{project_id}/initialization/retry", headers=bearer(live_admin_token)
-    )
+    retry_headers = {**bearer(live_admin_token), "Idempotency-Key": f"retry-{project_id}"}
+    retry_url = f"/api/v1/projects/{project_id}/initialization/retry"
+    retry = await live.post(retry_url, headers=retry_headers)
     assert retry.status_code == 202
+    repeated = await live.post(retry_url, headers=retry_headers)
+    assert repeated.status_code == 200 and repeated.json()["id"] == retry.json()["id"]
     assert retry.json()["trigger"] == "retry" and retry.json()["attempt"] == 2
     second = await wait_for_run(live, live_admin_token, retry.json()["id"])
 

@@ -96,3 +96,17 @@ async def test_project_runs_are_listed_newest_first(
         f"/api/v1/projects/{created['project']['id']}/runs", headers=bearer(admin_token)
     )
     assert [r["id"] for r in response.json()["items"]] == [created["run"]["id"]]
+
+
+async def test_same_idempotency_key_returns_the_first_project_and_run(
+    client: httpx.AsyncClient, admin_token: str
+) -> None:
+    headers = {**bearer(admin_token), "Idempotency-Key": "create-once-1"}
+    body = {"slug": "idem-one", "name": "x", "template": "fastapi-service"}
+    first = await client.post("/api/v1/projects", json=body, headers=headers)
+    again = await client.post("/api/v1/projects", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["run"]["id"] == first.json()["run"]["id"]
+    assert again.json()["project"]["id"] == first.json()["project"]["id"]
+    other = await client.post("/api/v1/projects", json=body, headers=bearer(admin_token))
+    assert other.status_code == 409

@@ -1,11 +1,11 @@
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, status
+from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 
 from hatchery.db import SessionDep
-from hatchery.deps import QueueDep, SettingsDep
+from hatchery.deps import IdempotencyKey, QueueDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.keys.auth import ProjectsReader, check_project, require
 from hatchery.keys.models import ApiKey, Scope
@@ -26,13 +26,6 @@ router = APIRouter(tags=["migrations"], responses=error_responses(401, 403, 404,
 
 Deployer = Annotated[ApiKey, Depends(require(Scope.deploy, Scope.migrations_write))]
 Migrator = Annotated[ApiKey, Depends(require(Scope.migrations_write))]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        max_length=200,
-        description="Sending the same key again returns the run the first request made.",
-    ),
-]
 ENVIRONMENT = "/projects/{project_id}/environments/{environment}"
 RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": RunOut, "description": "The run an earlier, identical request made"},

@@ -1,12 +1,12 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.db import SessionDep
-from hatchery.deps import QueueDep, SettingsDep
+from hatchery.deps import IdempotencyKey, QueueDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.keys.auth import (
     CurrentKey,
@@ -47,23 +47,33 @@ async def _with_latest_run(session: AsyncSession, project: Project) -> ProjectOu
     response_model=ProjectCreated,
     name="create_project",
     summary="Create a project",
-    responses=error_responses(409),
+    responses={
+        **error_responses(409),
+        200: {"model": ProjectCreated, "description": "Made earlier with this Idempotency-Key"},
+    },
 )
 async def create_project(
     body: ProjectCreate,
-    response: Response,
     session: SessionDep,
     job_queue: QueueDep,
     settings: SettingsDep,
     key: ProjectsWriter,
-) -> ProjectCreated:
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Create a project from a template. A worker then initializes it (repository,
     databases, baseline migrations, deploy token): follow the returned run's
-    `events_url`."""
+    `events_url`. Repeated with the same `Idempotency-Key`, it answers 200 with what the
+    first request made."""
     check_unbound(key)
-    project, run = await service.create_project(session, job_queue, settings, body, key)
-    response.headers["Location"] = f"/api/v1/projects/{project.id}"
-    return ProjectCreated(project=_project_out(project), run=run_out(run))
+    project, run, created = await service.create_project(
+        session, job_queue, settings, body, key, idempotency_key
+    )
+    answer = ProjectCreated(project=_project_out(project), run=run_out(run))
+    return JSONResponse(
+        answer.model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        headers={"Location": f"/api/v1/projects/{project.id}"},
+    )
 
 
 @router.get("/projects", response_model=ProjectList, name="list_projects", summary="List projects")
@@ -126,15 +136,28 @@ async def delete_project(
     response_model=RunOut,
     name="retry_initialization",
     summary="Retry a failed initialization",
-    responses=error_responses(404, 409),
+    responses={
+        **error_responses(404, 409),
+        200: {"model": RunOut, "description": "Made earlier with this Idempotency-Key"},
+    },
 )
 async def retry_initialization(
-    project_id: uuid.UUID, session: SessionDep, job_queue: QueueDep, key: ProjectsWriter
-) -> RunOut:
+    project_id: uuid.UUID,
+    session: SessionDep,
+    job_queue: QueueDep,
+    key: ProjectsWriter,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Start a new initialize run that skips the steps already done and resumes at the one
     that failed."""
     check_project(key, project_id)
-    return run_out(await service.retry_initialization(session, job_queue, project_id, key))
+    run, created = await service.retry_initialization(
+        session, job_queue, project_id, key, idempotency_key
+    )
+    return JSONResponse(
+        run_out(run).model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+    )
 
 
 @router.get(

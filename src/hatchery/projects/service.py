@@ -27,7 +27,15 @@ async def create_project(
     settings: Settings,
     body: ProjectCreate,
     key: ApiKey,
-) -> tuple[Project, Run]:
+    idempotency_key: str | None = None,
+) -> tuple[Project, Run, bool]:
+    """The project and its initialize run, and whether they are new: a request repeated
+    with the same Idempotency-Key gets what the first one made."""
+    creation_key = f"create:{idempotency_key}" if idempotency_key else None
+    if creation_key is not None:
+        earlier = await _created_with(session, creation_key)
+        if earlier is not None:
+            return earlier[0], earlier[1], False
     if body.template not in templates.available(settings.extra_templates_dir):
         raise InvalidInput(
             f"Unknown template '{body.template}'",
@@ -51,10 +59,15 @@ async def create_project(
             for position, name in enumerate(body.environments)
         ],
     )
-    session.add(project)
     try:
-        await session.flush()
+        async with session.begin_nested():
+            session.add(project)
+            await session.flush()
     except IntegrityError:
+        # The same request, sent twice at once, finds the first one's project here.
+        earlier = await _created_with(session, creation_key) if creation_key else None
+        if earlier is not None:
+            return earlier[0], earlier[1], False
         raise Conflict(f"A project with slug '{body.slug}' already exists") from None
     run = await runs.create_run(
         session,
@@ -63,8 +76,16 @@ async def create_project(
         kind=RunKind.initialize,
         steps=initialization.PLAN.step_names,
         key_id=key.id,
+        idempotency_key=creation_key,
     )
-    return project, run
+    return project, run, True
+
+
+async def _created_with(session: AsyncSession, creation_key: str) -> tuple[Project, Run] | None:
+    run = await runs_repository.get_creation(session, creation_key)
+    if run is None:
+        return None
+    return await get_project(session, run.project_id), run
 
 
 async def get_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
@@ -98,8 +119,17 @@ async def list_projects(
 
 
 async def retry_initialization(
-    session: AsyncSession, job_queue: queue.Queue, project_id: uuid.UUID, key: ApiKey
-) -> Run:
+    session: AsyncSession,
+    job_queue: queue.Queue,
+    project_id: uuid.UUID,
+    key: ApiKey,
+    idempotency_key: str | None = None,
+) -> tuple[Run, bool]:
+    retry_key = f"key:{idempotency_key}" if idempotency_key else None
+    if retry_key is not None:
+        earlier = await runs.find_by_idempotency_key(session, project_id, retry_key)
+        if earlier is not None:
+            return earlier, False
     project = await get_project(session, project_id)
     last = await runs_repository.latest(session, project_id, RunKind.initialize)
     if project.status != ProjectStatus.failed or last is None or not last.status.finished:
@@ -107,16 +137,24 @@ async def retry_initialization(
             f"Project '{project.slug}' is {project.status}: only a failed one is retried"
         )
     project.status = ProjectStatus.pending
-    return await runs.create_run(
+    step_names = initialization.PLAN.step_names
+    if retry_key is not None:
+        return await runs.create_idempotent_run(
+            session, job_queue, project_id=project_id, kind=RunKind.initialize,
+            steps=step_names, idempotency_key=retry_key, trigger=RunTrigger.retry,
+            attempt=last.attempt + 1, key_id=key.id,
+        )  # fmt: skip
+    run = await runs.create_run(
         session,
         job_queue,
         project_id=project_id,
         kind=RunKind.initialize,
-        steps=initialization.PLAN.step_names,
+        steps=step_names,
         trigger=RunTrigger.retry,
         attempt=last.attempt + 1,
         key_id=key.id,
     )
+    return run, True
 
 
 async def delete_project(

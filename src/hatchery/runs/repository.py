@@ -27,6 +27,16 @@ async def get_by_idempotency_key(
     )
 
 
+async def get_creation(session: AsyncSession, idempotency_key: str) -> Run | None:
+    """The initialize run a project creation with this Idempotency-Key made, if any."""
+    return await session.scalar(
+        select(Run)
+        .where(Run.kind == RunKind.initialize, Run.idempotency_key == idempotency_key)
+        .options(selectinload(Run.steps))
+        .limit(1)
+    )
+
+
 async def list_for_project(
     session: AsyncSession, project_id: uuid.UUID, *, limit: int, after: Position | None
 ) -> Sequence[Run]:

@@ -57,6 +57,7 @@ async def create_idempotent_run(
     steps: Sequence[str],
     idempotency_key: str,
     trigger: RunTrigger = RunTrigger.api,
+    attempt: int = 1,
     params: dict[str, Any] | None = None,
     key_id: uuid.UUID | None = None,
 ) -> tuple[Run, bool]:
@@ -76,6 +77,7 @@ async def create_idempotent_run(
                 idempotency_key=idempotency_key,
                 params=params,
                 key_id=key_id,
+                attempt=attempt,
             )
     except IntegrityError:
         # The other request committed first: its run is the one.
