@@ -117,7 +117,7 @@ async def deploy(
     # An unknown commit is not refused here: the run's checkout step fails, as CI expects.
     target = await _target_at(project, commit, body.target_revision) if commit else None
     await _gate(session, project, environment, target, key, body.force)
-    return await runs.create_idempotent_run(
+    return await runs.create_run(
         session,
         job_queue,
         project_id=project.id,
@@ -247,16 +247,16 @@ async def _create(
     key: ApiKey,
     idempotency_key: str | None,
 ) -> tuple[Run, bool]:
-    if idempotency_key is not None:
-        return await runs.create_idempotent_run(
-            session, job_queue, project_id=project.id, kind=kind, steps=step_names,
-            idempotency_key=f"key:{idempotency_key}", params=params, key_id=key.id,
-        )  # fmt: skip
-    run = await runs.create_run(
-        session, job_queue, project_id=project.id, kind=kind, steps=step_names, params=params,
+    return await runs.create_run(
+        session,
+        job_queue,
+        project_id=project.id,
+        kind=kind,
+        steps=step_names,
+        idempotency_key=f"key:{idempotency_key}" if idempotency_key else None,
+        params=params,
         key_id=key.id,
-    )  # fmt: skip
-    return run, True
+    )
 
 
 async def revisions(

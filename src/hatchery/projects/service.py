@@ -69,7 +69,7 @@ async def create_project(
         if earlier is not None:
             return earlier[0], earlier[1], False
         raise Conflict(f"A project with slug '{body.slug}' already exists") from None
-    run = await runs.create_run(
+    run, _ = await runs.create_run(
         session,
         job_queue,
         project_id=project.id,
@@ -137,24 +137,17 @@ async def retry_initialization(
             f"Project '{project.slug}' is {project.status}: only a failed one is retried"
         )
     project.status = ProjectStatus.pending
-    step_names = initialization.PLAN.step_names
-    if retry_key is not None:
-        return await runs.create_idempotent_run(
-            session, job_queue, project_id=project_id, kind=RunKind.initialize,
-            steps=step_names, idempotency_key=retry_key, trigger=RunTrigger.retry,
-            attempt=last.attempt + 1, key_id=key.id,
-        )  # fmt: skip
-    run = await runs.create_run(
+    return await runs.create_run(
         session,
         job_queue,
         project_id=project_id,
         kind=RunKind.initialize,
-        steps=step_names,
+        steps=initialization.PLAN.step_names,
         trigger=RunTrigger.retry,
         attempt=last.attempt + 1,
+        idempotency_key=retry_key,
         key_id=key.id,
     )
-    return run, True
 
 
 async def delete_project(
@@ -170,7 +163,7 @@ async def delete_project(
     if active is not None:
         raise Conflict(f"Run {active.id} ({active.kind}) is under way: cancel it or wait for it")
     project.status = ProjectStatus.deleting
-    run = await runs.create_run(
+    run, _ = await runs.create_run(
         session,
         job_queue,
         project_id=project_id,

@@ -30,42 +30,14 @@ async def create_run(
     idempotency_key: str | None = None,
     params: dict[str, Any] | None = None,
     key_id: uuid.UUID | None = None,
-) -> Run:
-    """Create a queued run with its planned steps; its job is enqueued once the caller's
-    transaction commits."""
-    run = await _add_run(
-        session,
-        project_id=project_id,
-        kind=kind,
-        steps=steps,
-        trigger=trigger,
-        attempt=attempt,
-        idempotency_key=idempotency_key,
-        params=params,
-        key_id=key_id,
-    )
-    db.after_commit(session, lambda: enqueue(job_queue, run.id))
-    return run
-
-
-async def create_idempotent_run(
-    session: AsyncSession,
-    job_queue: queue.Queue,
-    *,
-    project_id: uuid.UUID,
-    kind: RunKind,
-    steps: Sequence[str],
-    idempotency_key: str,
-    trigger: RunTrigger = RunTrigger.api,
-    attempt: int = 1,
-    params: dict[str, Any] | None = None,
-    key_id: uuid.UUID | None = None,
 ) -> tuple[Run, bool]:
-    """The run made for this idempotency key, created now if there is none. Returns it and
-    whether it is new; two concurrent requests with one key get one run."""
-    existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
-    if existing is not None:
-        return existing, False
+    """A queued run with its planned steps, and whether it is new: with an idempotency
+    key, the run an earlier request made with it (two at once still make one). The job is
+    enqueued once the caller's transaction commits."""
+    if idempotency_key is not None:
+        existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
+        if existing is not None:
+            return existing, False
     try:
         async with session.begin_nested():
             run = await _add_run(
@@ -80,6 +52,8 @@ async def create_idempotent_run(
                 attempt=attempt,
             )
     except IntegrityError:
+        if idempotency_key is None:
+            raise
         # The other request committed first: its run is the one.
         existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
         assert existing is not None
