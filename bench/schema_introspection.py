@@ -47,7 +47,7 @@ async def register(stack_: Stack, database: str) -> uuid.UUID:
     async with db.create_sessionmaker(engine)() as session:
         project = Project(
             slug=f"bench-{uuid.uuid4().hex[:6]}", name="bench", template="fastapi-service",
-            status=ProjectStatus.active, repository_url="file:///dev/null",
+            status=ProjectStatus.active, repository_url="file:///dev/null", repository_path="/dev/null",
             environments=[
                 Environment(
                     name="staging", position=0, database_name=database, role_name="hatchery",

@@ -80,7 +80,7 @@ async def make_runs(stack_: Stack, count: int) -> list[str]:
     async with db.create_sessionmaker(engine)() as session:
         project = Project(
             slug=f"bench-{uuid.uuid4().hex[:6]}", name="bench", template="fastapi-service",
-            repository_url="file:///dev/null",
+            repository_url="file:///dev/null", repository_path="/dev/null",
         )  # fmt: skip
         session.add(project)
         await session.flush()

@@ -5,28 +5,34 @@ import uuid
 from typing import Any
 
 from hatchery.migrations import steps as migrations
-from hatchery.projects import deletion, initialization
+from hatchery.projects import adoption, deletion, initialization
 from hatchery.runs import reaper
-from hatchery.runs.executor import Executor, Plans
-from hatchery.runs.models import RunKind
+from hatchery.runs.executor import Executor, Plan
+from hatchery.runs.models import Run, RunKind
 
-PLANS: Plans = {
-    RunKind.initialize: initialization.PLAN,
-    RunKind.upgrade: migrations.UPGRADE,
-    RunKind.downgrade: migrations.DOWNGRADE,
-    RunKind.restore: migrations.RESTORE,
-    RunKind.delete: deletion.PLAN,
+PLANS: dict[tuple[RunKind, str | None], Plan] = {
+    (RunKind.initialize, None): initialization.PLAN,
+    (RunKind.initialize, "adopt"): adoption.PLAN,
+    (RunKind.upgrade, None): migrations.UPGRADE,
+    (RunKind.downgrade, None): migrations.DOWNGRADE,
+    (RunKind.restore, None): migrations.RESTORE,
+    (RunKind.delete, None): deletion.PLAN,
+    (RunKind.delete, "forget"): adoption.FORGET,
 }
 
 
+def plan_for(run: Run) -> Plan:
+    return PLANS[(run.kind, run.params.get("variant"))]
+
+
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:
-    executor = Executor(ctx["sessionmaker"], ctx["redis"], ctx["settings"], PLANS)
+    executor = Executor(ctx["sessionmaker"], ctx["redis"], ctx["settings"], plan_for)
     await executor.execute(uuid.UUID(run_id))
 
 
 async def reap_runs(ctx: dict[str, Any]) -> int:
     return await reaper.reap(
-        ctx["sessionmaker"], ctx["redis"], ctx["redis"], ctx["settings"], PLANS
+        ctx["sessionmaker"], ctx["redis"], ctx["redis"], ctx["settings"], plan_for
     )
 
 

@@ -40,6 +40,7 @@ async def project_on(
         template="fastapi-service",
         status=ProjectStatus.active,
         repository_url="file:///nonexistent",
+        repository_path="/nonexistent",
         environments=[
             Environment(
                 name="staging",

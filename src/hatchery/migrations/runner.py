@@ -64,7 +64,13 @@ class Revision:
     downgradable: bool
 
 
-def find_alembic_ini(tree: Path) -> Path:
+def find_alembic_ini(tree: Path, configured: str | None = None) -> Path:
+    """The repository's alembic.ini: where the project says, or the only one there is."""
+    if configured:
+        path = (tree / configured).resolve()
+        if not path.is_file() or not path.is_relative_to(tree.resolve()):
+            raise MigrationError(f"no alembic.ini at {configured} in the repository")
+        return path
     candidates = sorted(p for p in tree.rglob("alembic.ini") if ".git" not in p.parts)
     if len(candidates) != 1:
         found = ", ".join(str(p.relative_to(tree)) for p in candidates) or "none"
@@ -238,6 +244,19 @@ async def migrate(
             applied = await conn.run_sync(_migrate, scripts, target, downgrade, on_revision)
             await conn.commit()
             return applied
+    finally:
+        await engine.dispose()
+
+
+async def stamp(database_url: str, scripts: Scripts, revision: str) -> None:
+    """Record `revision` in the version table without running anything."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with _alembic_in_use, engine.connect() as conn:
+            await conn.run_sync(
+                lambda c: MigrationContext.configure(c).stamp(scripts.script, revision)
+            )
+            await conn.commit()
     finally:
         await engine.dispose()
 

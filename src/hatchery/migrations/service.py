@@ -53,7 +53,7 @@ def _environment(project: Project, name: str, field: str | None = None) -> Envir
 async def _scripts_at(project: Project, commit: str) -> AsyncIterator[runner.Scripts]:
     with tempfile.TemporaryDirectory(prefix="hatchery-api-checkout-") as tmp:
         await git.export(repository_path(project), commit, Path(tmp))
-        yield runner.Scripts(runner.find_alembic_ini(Path(tmp)))
+        yield runner.Scripts(runner.find_alembic_ini(Path(tmp), project.alembic_ini))
 
 
 async def _commit(project: Project, wanted: str | None, field: str) -> str:

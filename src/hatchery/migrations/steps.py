@@ -14,7 +14,7 @@ from sqlalchemy.util import await_only
 from hatchery import db
 from hatchery.migrations import backups, gating, history, locking, repository, runner
 from hatchery.migrations.models import Backup, Direction
-from hatchery.projects import git, provisioning
+from hatchery.projects import adoption, git, provisioning
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import Environment, Project
 from hatchery.runs.executor import Plan, StepContext
@@ -40,7 +40,7 @@ async def checkout(project: Project, commit: str) -> AsyncIterator[runner.Script
     """The project's migrations exactly as committed at `commit`."""
     with tempfile.TemporaryDirectory(prefix="hatchery-checkout-") as tmp:
         await git.export(repository_path(project), commit, Path(tmp))
-        yield runner.Scripts(runner.find_alembic_ini(Path(tmp)))
+        yield runner.Scripts(runner.find_alembic_ini(Path(tmp), project.alembic_ini))
 
 
 @contextlib.asynccontextmanager
@@ -71,6 +71,8 @@ def _report(context: StepContext) -> runner.OnRevision:
 
 async def resolve_commit(context: StepContext) -> dict[str, Any]:
     project, _ = await environment_of(context)
+    if project.adopted:
+        await adoption.fetch(project, context.settings)
     wanted = context.run.params["commit_sha"]
     commit = await git.head_commit(repository_path(project), wanted)
     if commit is None:

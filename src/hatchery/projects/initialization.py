@@ -5,7 +5,6 @@ import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import await_only
@@ -28,7 +27,7 @@ async def load_project(session: AsyncSession, run: Run) -> Project:
 
 
 def repository_path(project: Project) -> Path:
-    return Path(urlparse(project.repository_url).path)
+    return Path(project.repository_path)
 
 
 async def create_repository(context: StepContext) -> dict[str, Any]:
@@ -44,6 +43,7 @@ async def render_template(context: StepContext) -> dict[str, Any]:
     existing = await git.head_commit(path)
     if existing is not None:
         return {"commit": existing}
+    assert project.template is not None
     template = templates.available(context.settings.extra_templates_dir)[project.template]
     with tempfile.TemporaryDirectory(prefix="hatchery-render-") as tmp:
         work = Path(tmp) / project.slug

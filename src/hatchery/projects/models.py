@@ -33,14 +33,26 @@ class Project(UUIDPrimaryKey, CreatedAt, Base):
 
     slug: Mapped[str] = mapped_column(String(30))
     name: Mapped[str] = mapped_column(String(200))
-    template: Mapped[str] = mapped_column(String(100))
+    template: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[ProjectStatus] = mapped_column(
         str_enum(ProjectStatus), default=ProjectStatus.pending
     )
+    # Shown to clients: the clone URL, without credentials.
     repository_url: Mapped[str] = mapped_column(Text)
+    # The bare repository Hatchery reads migrations from: the project's own, or for an
+    # adopted project a mirror fetched from `origin_url` (encrypted: it may hold
+    # credentials).
+    repository_path: Mapped[str] = mapped_column(Text)
+    origin_url: Mapped[bytes | None]
+    branch: Mapped[str | None] = mapped_column(String(200))
+    alembic_ini: Mapped[str | None] = mapped_column(Text)
     initialization_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     initialization_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    @property
+    def adopted(self) -> bool:
+        return self.origin_url is not None
 
     environments: Mapped[list["Environment"]] = relationship(
         back_populates="project", lazy="raise", order_by="Environment.position"

@@ -2,7 +2,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    model_validator,
+)
 
 from hatchery.projects.models import ProjectStatus
 from hatchery.runs.schemas import RunOut
@@ -27,23 +35,74 @@ def _unique(names: list[str]) -> list[str]:
     return names
 
 
+class AdoptedEnvironment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: EnvironmentName
+    database_url: SecretStr = Field(
+        description="postgresql://user:password@host:port/database of the existing database. "
+        "Kept encrypted; never returned."
+    )
+
+
+class Adoption(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repository_url: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=2000),
+        Field(description="Anything `git clone` accepts from the worker, file:// and local "
+              "paths included. Credentials in it are kept encrypted and never returned."),
+    ]  # fmt: skip
+    branch: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "main"
+    alembic_ini: str | None = Field(
+        default=None, description="Path of alembic.ini in the repository; found when omitted."
+    )
+    environments: Annotated[list[AdoptedEnvironment], Field(min_length=1, max_length=5)]
+    stamp: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None,
+        description="Stamp databases that have tables but no Alembic version table with "
+        "this revision. Without it they are only reported.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Adoption":
+        _unique([e.name for e in self.environments])
+        return self
+
+
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     slug: Slug
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    template: Annotated[str, Field(min_length=1, max_length=100, examples=["fastapi-service"])]
+    template: (
+        Annotated[str, Field(min_length=1, max_length=100, examples=["fastapi-service"])] | None
+    ) = None
     environments: Annotated[
         list[EnvironmentName],
         Field(min_length=1, max_length=5, description="In promotion order."),
         AfterValidator(_unique),
     ] = ["staging", "production"]
+    adopt: Adoption | None = Field(
+        default=None,
+        description="Instead of a template: an existing repository and databases to manage.",
+    )
+
+    @model_validator(mode="after")
+    def _template_or_adopt(self) -> "ProjectCreate":
+        if (self.template is None) == (self.adopt is None):
+            raise ValueError("give exactly one of template and adopt")
+        if self.adopt is not None and "environments" in self.model_fields_set:
+            raise ValueError("an adopted project's environments are named in adopt")
+        return self
 
 
 class EnvironmentOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str
+    database_name: str
     position: int = Field(description="Place in the promotion order, from 0.")
     revision: str | None = Field(description="The Alembic revision the database is at.")
 
@@ -54,7 +113,8 @@ class ProjectOut(BaseModel):
     id: uuid.UUID
     slug: str
     name: str
-    template: str
+    template: str | None = Field(description="None for an adopted project.")
+    adopted: bool
     status: ProjectStatus
     repository_url: str = Field(description="Clone URL of the project's git repository.")
     environments: list[EnvironmentOut]

@@ -2,16 +2,24 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import pagination, queue
+from hatchery import crypto, pagination, queue
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, InvalidInput, NotFound
 from hatchery.keys.models import ApiKey
-from hatchery.projects import deletion, initialization, provisioning, repository, templates
+from hatchery.projects import (
+    adoption,
+    deletion,
+    initialization,
+    provisioning,
+    repository,
+    templates,
+)
 from hatchery.projects.models import Environment, Project, ProjectStatus
-from hatchery.projects.schemas import ProjectCreate
+from hatchery.projects.schemas import Adoption, ProjectCreate
 from hatchery.runs import repository as runs_repository
 from hatchery.runs import service as runs
 from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger
@@ -36,29 +44,13 @@ async def create_project(
         earlier = await _created_with(session, creation_key)
         if earlier is not None:
             return earlier[0], earlier[1], False
-    if body.template not in templates.available(settings.extra_templates_dir):
-        raise InvalidInput(
-            f"Unknown template '{body.template}'",
-            errors=[FieldError(field="body.template", message="unknown template", type="unknown")],
-        )
     project_id = uuid.uuid4()
-    project = Project(
-        id=project_id,
-        slug=body.slug,
-        name=body.name,
-        template=body.template,
-        status=ProjectStatus.pending,
-        repository_url=repository_path(settings, body.slug, project_id).as_uri(),
-        environments=[
-            Environment(
-                name=name,
-                position=position,
-                database_name=provisioning.object_name(body.slug, project_id, name),
-                role_name=provisioning.object_name(body.slug, project_id, name),
-            )
-            for position, name in enumerate(body.environments)
-        ],
-    )
+    if body.adopt is not None:
+        project = _adopted(settings, body, body.adopt, project_id)
+        plan, params = adoption.PLAN, {"variant": "adopt", "stamp": body.adopt.stamp}
+    else:
+        project = _hatched(settings, body, project_id)
+        plan, params = initialization.PLAN, {}
     try:
         async with session.begin_nested():
             session.add(project)
@@ -74,11 +66,81 @@ async def create_project(
         job_queue,
         project_id=project.id,
         kind=RunKind.initialize,
-        steps=initialization.PLAN.step_names,
+        steps=plan.step_names,
+        params=params,
         key_id=key.id,
         idempotency_key=creation_key,
     )
     return project, run, True
+
+
+def _hatched(settings: Settings, body: ProjectCreate, project_id: uuid.UUID) -> Project:
+    if body.template not in templates.available(settings.extra_templates_dir):
+        raise InvalidInput(
+            f"Unknown template '{body.template}'",
+            errors=[FieldError(field="body.template", message="unknown template", type="unknown")],
+        )
+    path = repository_path(settings, body.slug, project_id)
+    return Project(
+        id=project_id,
+        slug=body.slug,
+        name=body.name,
+        template=body.template,
+        status=ProjectStatus.pending,
+        repository_url=path.as_uri(),
+        repository_path=str(path),
+        environments=[
+            Environment(
+                name=name,
+                position=position,
+                database_name=provisioning.object_name(body.slug, project_id, name),
+                role_name=provisioning.object_name(body.slug, project_id, name),
+            )
+            for position, name in enumerate(body.environments)
+        ],
+    )
+
+
+def _adopted(
+    settings: Settings, body: ProjectCreate, adopt: Adoption, project_id: uuid.UUID
+) -> Project:
+    environments = []
+    for position, adopted in enumerate(adopt.environments):
+        field = f"body.adopt.environments.{position}.database_url"
+        try:
+            url = make_url(adopted.database_url.get_secret_value())
+        except ArgumentError:
+            url = None
+        if url is None or not url.drivername.startswith("postgresql") or not url.database:
+            raise InvalidInput(
+                f"Environment '{adopted.name}': expected postgresql://user:password@host/database",
+                errors=[FieldError(field=field, message="not a PostgreSQL URL", type="url")],
+            )
+        url = url.set(drivername="postgresql+asyncpg")
+        environments.append(
+            Environment(
+                name=adopted.name,
+                position=position,
+                database_name=url.database,
+                role_name=url.username or "",
+                database_url=provisioning.seal(
+                    url.render_as_string(hide_password=False), settings.encryption_secret
+                ),
+            )
+        )
+    return Project(
+        id=project_id,
+        slug=body.slug,
+        name=body.name,
+        template=None,
+        status=ProjectStatus.pending,
+        repository_url=adoption.public_url(adopt.repository_url),
+        repository_path=str(repository_path(settings, body.slug, project_id)),
+        origin_url=crypto.encrypt(adopt.repository_url, settings.encryption_secret),
+        branch=adopt.branch,
+        alembic_ini=adopt.alembic_ini,
+        environments=environments,
+    )
 
 
 async def _created_with(session: AsyncSession, creation_key: str) -> tuple[Project, Run] | None:
@@ -137,12 +199,14 @@ async def retry_initialization(
             f"Project '{project.slug}' is {project.status}: only a failed one is retried"
         )
     project.status = ProjectStatus.pending
+    plan = adoption.PLAN if project.adopted else initialization.PLAN
     return await runs.create_run(
         session,
         job_queue,
         project_id=project_id,
         kind=RunKind.initialize,
-        steps=initialization.PLAN.step_names,
+        steps=plan.step_names,
+        params=last.params,
         trigger=RunTrigger.retry,
         attempt=last.attempt + 1,
         idempotency_key=retry_key,
@@ -163,12 +227,19 @@ async def delete_project(
     if active is not None:
         raise Conflict(f"Run {active.id} ({active.kind}) is under way: cancel it or wait for it")
     project.status = ProjectStatus.deleting
+    if project.adopted:
+        plan, params = adoption.FORGET, {"variant": "forget"}
+    else:
+        plan, params = deletion.PLAN, {}
     run, _ = await runs.create_run(
         session,
         job_queue,
         project_id=project_id,
         kind=RunKind.delete,
-        steps=deletion.PLAN.step_names,
+        steps=plan.step_names,
+        params=params,
         key_id=key.id,
     )
+    if project.adopted:
+        run.result = {"kept": adoption.KEEPS}
     return run, True

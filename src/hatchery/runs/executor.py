@@ -11,7 +11,7 @@ import contextlib
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,7 @@ from hatchery import db
 from hatchery.config import Settings
 from hatchery.events import stream
 from hatchery.runs import repository
-from hatchery.runs.models import Run, RunKind, RunStatus, Step, StepStatus
+from hatchery.runs.models import Run, RunStatus, Step, StepStatus
 
 log = structlog.get_logger("hatchery.runs")
 
@@ -77,7 +77,8 @@ class Plan:
         return [name for name, _ in self.steps]
 
 
-Plans = Mapping[RunKind, Plan]
+# Which plan a run follows (by its kind, and for some kinds a variant in its params).
+Plans = Callable[[Run], Plan]
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Executor:
             if run is None:
                 log.info("run_not_claimed", run_id=str(run_id))
                 return
-            plan = self.plans[run.kind]
+            plan = self.plans(run)
             if plan.resumable:
                 await self._skip_done_steps(session, run)
             if plan.on_start is not None:

@@ -43,7 +43,7 @@ async def reap(
                 redis,
                 settings,
                 run,
-                plans[run.kind],
+                plans(run),
                 error,
                 RunStatus.failed,
                 step=running.name if running else None,

@@ -1,0 +1,221 @@
+"""Adopting an existing service: its repository and databases come under Hatchery's
+migrations, backups and schema API. Adoption reads; it creates and drops nothing in the
+adopted databases (it writes only a version stamp, and only when asked to)."""
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from hatchery import crypto
+from hatchery.config import Settings
+from hatchery.migrations import history, repository, runner
+from hatchery.migrations.models import Direction
+from hatchery.projects import deletion, git, initialization, provisioning
+from hatchery.projects.initialization import load_project, repository_path
+from hatchery.projects.models import Project
+from hatchery.runs.executor import Plan, StepContext
+
+KEEPS = "An adopted project is forgotten: its databases and repository are left untouched."
+
+
+class AdoptionError(RuntimeError):
+    pass
+
+
+def public_url(repository_url: str) -> str:
+    """The repository URL without credentials."""
+    parts = urlsplit(repository_url)
+    if not parts.password and not parts.username:
+        return repository_url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def fetch(project: Project, settings: Settings) -> None:
+    """Bring the local mirror up to date with the adopted repository."""
+    assert project.origin_url is not None
+    origin = crypto.decrypt(project.origin_url, settings.encryption_secret)
+    mirror = repository_path(project)
+    if not (mirror / "HEAD").exists():
+        await git.init_bare(mirror)
+    try:
+        await git.git(
+            "--git-dir", str(mirror), "fetch", "--quiet", "--prune", origin,
+            "+refs/heads/*:refs/heads/*",
+        )  # fmt: skip
+    except git.GitError as exc:
+        # git repeats the URL it was given: never let credentials out with the error.
+        raise AdoptionError(str(exc).replace(origin, project.repository_url)) from None
+
+
+async def verify_repository(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    await fetch(project, context.settings)
+    commit = await git.head_commit(repository_path(project), project.branch or "main")
+    if commit is None:
+        raise AdoptionError(f"branch {project.branch} is not in {project.repository_url}")
+    with tempfile.TemporaryDirectory(prefix="hatchery-adopt-") as tmp:
+        tree = Path(tmp)
+        await git.export(repository_path(project), commit, tree)
+        alembic_ini = runner.find_alembic_ini(tree, project.alembic_ini)
+        scripts = runner.Scripts(alembic_ini)
+        heads = scripts.heads()
+        if len(heads) != 1:
+            raise AdoptionError(f"the migrations have {len(heads)} heads: {', '.join(heads)}")
+        project.alembic_ini = str(alembic_ini.relative_to(tree.resolve()))
+        revisions = len(scripts.history())
+    return {
+        "commit": commit,
+        "alembic_ini": project.alembic_ini,
+        "head": heads[0],
+        "revisions": revisions,
+    }
+
+
+PRIVILEGES = text(
+    """
+    SELECT current_user, current_schema(),
+           coalesce(has_schema_privilege(current_schema(), 'CREATE'), false),
+           array(SELECT n.nspname || '.' || c.relname
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind IN ('r', 'p', 'm', 'S')
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg\\_%'
+                   AND NOT has_table_privilege(c.oid, 'SELECT')
+                 ORDER BY 1 LIMIT 5),
+           (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname NOT LIKE 'pg\\_%')
+    """
+)
+
+
+async def verify_databases(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    found: dict[str, Any] = {}
+    for done, environment in enumerate(project.environments):
+        await context.progress(100 * done / len(project.environments), environment.name)
+        url = provisioning.connection_url(environment, context.settings.encryption_secret)
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SET TRANSACTION READ ONLY"))
+                user, schema, can_create, unreadable, tables = (
+                    await conn.execute(PRIVILEGES)
+                ).one()
+                await conn.rollback()
+        except (DBAPIError, OSError) as exc:
+            cause = getattr(exc, "orig", exc)
+            raise AdoptionError(f"{environment.name}: cannot connect: {cause}") from None
+        finally:
+            await engine.dispose()
+        if not can_create:
+            raise AdoptionError(
+                f"{environment.name}: role {user} may not CREATE in schema {schema}, "
+                "which migrating needs"
+            )
+        if unreadable:
+            raise AdoptionError(
+                f"{environment.name}: role {user} cannot read {', '.join(unreadable)}, "
+                "which pg_dump backups need"
+            )
+        revision = await runner.current_revision(url)
+        found[environment.name] = {
+            "revision": revision,
+            "untracked_tables": tables if revision is None else 0,
+        }
+    return {"environments": found}
+
+
+async def record_baseline(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    commit = context.output_of("verify_repository")["commit"]
+    found = context.output_of("verify_databases")["environments"]
+    stamp = context.run.params.get("stamp")
+    recorded: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="hatchery-adopt-") as tmp:
+        await git.export(repository_path(project), commit, Path(tmp))
+        scripts = runner.Scripts(runner.find_alembic_ini(Path(tmp), project.alembic_ini))
+        for environment in project.environments:
+            revision = found[environment.name]["revision"]
+            untracked = found[environment.name]["untracked_tables"]
+            url = provisioning.connection_url(environment, context.settings.encryption_secret)
+            if revision is None and untracked and stamp:
+                if scripts.get(stamp) is None:
+                    raise AdoptionError(f"stamp revision {stamp} is not in the history")
+                await runner.stamp(url, scripts, stamp)
+                revision = stamp
+            if revision is not None and scripts.get(revision) is None:
+                raise AdoptionError(
+                    f"{environment.name} is at revision {revision}, which the repository lacks"
+                )
+            applied = scripts.upgrade_path(None, revision) if revision else []
+            history.record_applied(
+                context.session, environment, context.run,
+                [{"revision": r, "started_at": 0.0, "duration_ms": 0} for r in applied],
+                scripts, Direction.upgrade,
+            )  # fmt: skip
+            environment.revision = revision
+            environment.deployed_commit = commit
+            recorded[environment.name] = {
+                "revision": revision,
+                "untracked_tables": untracked if revision is None else 0,
+            }
+    return {"environments": recorded}
+
+
+async def remove_mirror(context: StepContext) -> dict[str, Any]:
+    path = repository_path(await load_project(context.session, context.run))
+    await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+    return {"removed": str(path), "kept": KEEPS}
+
+
+async def forget_backups(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    forgotten = 0
+    for environment in project.environments:
+        for backup in await repository.backups(context.session, environment.id):
+            Path(backup.location).unlink(missing_ok=True)
+            await context.session.delete(backup)
+            forgotten += 1
+    return {"forgotten": forgotten}
+
+
+async def forget(context: StepContext) -> dict[str, Any]:
+    project = await load_project(context.session, context.run)
+    project.origin_url = None
+    return await deletion.finalize(context)
+
+
+PLAN = Plan(
+    steps=[
+        ("verify_repository", verify_repository),
+        ("verify_databases", verify_databases),
+        ("record_baseline", record_baseline),
+        ("issue_deploy_token", initialization.issue_deploy_token),
+        ("finalize", initialization.finalize),
+    ],
+    resumable=True,
+    on_start=initialization.PLAN.on_start,
+    on_failure=initialization.PLAN.on_failure,
+)
+
+FORGET = Plan(
+    steps=[
+        ("remove_mirror", remove_mirror),
+        ("forget_backups", forget_backups),
+        ("revoke_keys", deletion.revoke_keys),
+        ("finalize", forget),
+    ],
+    on_start=deletion.PLAN.on_start,
+)
