@@ -237,3 +237,38 @@ async def test_wrong_inputs_fail_clearly_and_write_nothing(
     )  # fmt: skip
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "body.adopt.environments.0.database_url"
+
+
+async def test_untracked_database_is_reported_and_stamped_only_when_asked(
+    live: httpx.AsyncClient, live_admin_token: str, postgres: EmbeddedPostgres, adoptee: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    repo = tmp_path / "service"
+    service_repository(repo, [])
+    reported, reported_url = database(postgres, adoptee)
+    stamped, stamped_url = database(postgres, adoptee)
+    for name in (reported, stamped):
+        # Made by hand long ago: the tables of revision 0001, no version table.
+        postgres.psql(
+            name, "SET ROLE adoptee; CREATE TABLE item (id bigint PRIMARY KEY, name text)"
+        )
+
+    plain = await adopt(
+        live, live_admin_token, "untracked", repo.as_uri(), [("staging", reported_url)]
+    )
+    run = await wait_for_run(live, live_admin_token, plain["run"]["id"])
+    baseline = next(s for s in run["steps"] if s["name"] == "record_baseline")
+    assert baseline["output"]["environments"]["staging"] == {
+        "revision": None,
+        "untracked_tables": 1,
+    }
+    assert postgres.psql(reported, "SELECT to_regclass('public.alembic_version')").strip() == ""
+
+    asked = await adopt(
+        live, live_admin_token, "stamped", repo.as_uri(), [("staging", stamped_url)], stamp="0001"
+    )
+    run = await wait_for_run(live, live_admin_token, asked["run"]["id"])
+    assert run["status"] == "succeeded"
+    assert postgres.psql(stamped, "SELECT version_num FROM alembic_version").strip() == "0001"
+    project = await get_project(live, live_admin_token, asked["project"]["id"])
+    assert project["environments"][0]["revision"] == "0001"
