@@ -1,4 +1,3 @@
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -128,8 +127,3 @@ async def current_control_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         result = await conn.execute(text("SELECT version_num FROM alembic_version"))
         return result.scalar_one_or_none()
-
-
-async def upgrade_control_db_async(database_url: str) -> None:
-    # Alembic's env.py runs its own event loop, so it gets a thread of its own.
-    await asyncio.to_thread(upgrade_control_db, database_url)

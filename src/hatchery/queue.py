@@ -8,7 +8,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix
-from arq.jobs import Job, JobStatus
+from arq.jobs import Job
 from redis.asyncio import ConnectionPool
 
 QUEUE_NAME = "hatchery:queue"
@@ -45,10 +45,6 @@ async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None)
 
 async def result(queue: Queue, job_id: str, timeout: float) -> Any:
     return await Job(job_id, queue, _queue_name=QUEUE_NAME).result(timeout=timeout, poll_delay=0.01)
-
-
-async def status(queue: Queue, job_id: str) -> JobStatus:
-    return await Job(job_id, queue, _queue_name=QUEUE_NAME).status()
 
 
 async def worker_alive(queue: Queue) -> bool:

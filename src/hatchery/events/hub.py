@@ -62,7 +62,6 @@ class EventHub:
         self._capacity = queue_capacity
         self._subscribers: defaultdict[str, set[Subscriber]] = defaultdict(set)
         self._tasks: list[asyncio.Task[None]] = []
-        self.connected = asyncio.Event()
 
     def start(self) -> None:
         self._tasks = [
@@ -76,10 +75,6 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._redis.aclose(close_connection_pool=True)
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
 
     @contextlib.contextmanager
     def subscribe(self, run_id: str) -> Iterator[Subscriber]:
@@ -118,7 +113,6 @@ class EventHub:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
-                self.connected.set()
                 self._deliver_all(RESYNC)
                 delay = 0.1
                 while True:
@@ -126,7 +120,6 @@ class EventHub:
                     if message is not None and message["type"] == "message":
                         self._dispatch(message["data"])
             except (RedisError, OSError) as exc:
-                self.connected.clear()
                 log.warning("event_hub_disconnected", error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
