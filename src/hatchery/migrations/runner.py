@@ -104,8 +104,10 @@ def _downgradable(path: Path) -> bool:
 class Scripts:
     """The migrations of one checkout."""
 
-    def __init__(self, alembic_ini: Path) -> None:
+    def __init__(self, alembic_ini: Path, root: Path | None = None) -> None:
         self.alembic_ini = alembic_ini
+        # Where alembic.ini sits in the repository it was checked out from.
+        self.alembic_ini_path = str(alembic_ini.relative_to(root)) if root else alembic_ini.name
         self.config = Config(str(alembic_ini))
         self.script = ScriptDirectory.from_config(self.config)
 

@@ -1,8 +1,5 @@
-import contextlib
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,6 +9,7 @@ from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from hatchery.keys.models import ApiKey, Scope
 from hatchery.migrations import gating, repository, runner, steps
+from hatchery.migrations.checkout import checkout
 from hatchery.migrations.models import Backup, MigrationRecord
 from hatchery.migrations.schemas import (
     AppliedInfo,
@@ -49,13 +47,6 @@ def _environment(project: Project, name: str, field: str | None = None) -> Envir
     )
 
 
-@contextlib.asynccontextmanager
-async def _scripts_at(project: Project, commit: str) -> AsyncIterator[runner.Scripts]:
-    with tempfile.TemporaryDirectory(prefix="hatchery-api-checkout-") as tmp:
-        await git.export(repository_path(project), commit, Path(tmp))
-        yield runner.Scripts(runner.find_alembic_ini(Path(tmp), project.alembic_ini))
-
-
 async def _commit(project: Project, wanted: str | None, field: str) -> str:
     commit = await git.head_commit(repository_path(project), wanted or "main")
     if commit is None:
@@ -69,7 +60,7 @@ async def _commit(project: Project, wanted: str | None, field: str) -> str:
 async def _target_at(project: Project, commit: str, wanted: str | None) -> str | None:
     """The revision a migration at `commit` would reach; None when preflight must decide
     (several heads, an unknown target): the run then fails with the reason."""
-    async with _scripts_at(project, commit) as scripts:
+    async with checkout(project, commit) as scripts:
         heads = scripts.heads()
         found = scripts.get(wanted) if wanted else None
         if wanted:
@@ -150,7 +141,7 @@ async def dry_run(
     )
     url = provisioning.connection_url(environment, settings.encryption_secret)
     current = await runner.current_revision(url)
-    async with _scripts_at(project, commit) as scripts:
+    async with checkout(project, commit) as scripts:
         target = _resolve(scripts, body.target)
         pending = scripts.upgrade_path(current, target) if current != target else []
         sql = scripts.offline_sql(current, target) if pending else ""
@@ -186,7 +177,7 @@ async def start_migration(
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
-    async with _scripts_at(project, commit) as scripts:
+    async with checkout(project, commit) as scripts:
         target = _resolve(scripts, body.target)
     await _gate(session, project, environment, target, key, body.force)
     return await _create(
@@ -228,7 +219,7 @@ async def rollback(
     if current is None:
         raise Conflict(f"Environment '{name}' has no revision to roll back from")
     commit = await _commit(project, environment.deployed_commit, "body.target_revision")
-    async with _scripts_at(project, commit) as scripts:
+    async with checkout(project, commit) as scripts:
         # Refused here, before anything runs, when a revision on the way cannot be undone.
         gating.revisions_to_revert(scripts, current, body.target_revision)
     return await _create(
@@ -273,7 +264,7 @@ async def revisions(
         provisioning.connection_url(environment, settings.encryption_secret)
     )
     landed = repository.applied(await repository.records(session, environment.id))
-    async with _scripts_at(project, commit) as scripts:
+    async with checkout(project, commit) as scripts:
         heads = scripts.heads()
         head = heads[0] if len(heads) == 1 else None
         pending = scripts.upgrade_path(current, head) if head and current != head else []

@@ -2,7 +2,6 @@
 migration lock, so nothing changes under it between preflight and record."""
 
 import contextlib
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from sqlalchemy.util import await_only
 
 from hatchery import db
 from hatchery.migrations import backups, gating, history, locking, repository, runner
+from hatchery.migrations.checkout import checkout
 from hatchery.migrations.models import Backup, Direction
 from hatchery.projects import adoption, git, provisioning
 from hatchery.projects.initialization import load_project, repository_path
@@ -33,14 +33,6 @@ async def environment_of(context: StepContext) -> tuple[Project, Environment]:
 
 def database_url(context: StepContext, environment: Environment) -> str:
     return provisioning.connection_url(environment, context.settings.encryption_secret)
-
-
-@contextlib.asynccontextmanager
-async def checkout(project: Project, commit: str) -> AsyncIterator[runner.Scripts]:
-    """The project's migrations exactly as committed at `commit`."""
-    with tempfile.TemporaryDirectory(prefix="hatchery-checkout-") as tmp:
-        await git.export(repository_path(project), commit, Path(tmp))
-        yield runner.Scripts(runner.find_alembic_ini(Path(tmp), project.alembic_ini))
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,6 @@ adopted databases (it writes only a version stamp, and only when asked to)."""
 
 import asyncio
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +16,7 @@ from sqlalchemy.pool import NullPool
 from hatchery import crypto
 from hatchery.config import Settings
 from hatchery.migrations import history, repository, runner
+from hatchery.migrations.checkout import checkout
 from hatchery.migrations.models import Direction
 from hatchery.projects import deletion, git, initialization, provisioning
 from hatchery.projects.initialization import load_project, repository_path
@@ -63,15 +63,11 @@ async def verify_repository(context: StepContext) -> dict[str, Any]:
     commit = await git.head_commit(repository_path(project), project.branch or "main")
     if commit is None:
         raise AdoptionError(f"branch {project.branch} is not in {project.repository_url}")
-    with tempfile.TemporaryDirectory(prefix="hatchery-adopt-") as tmp:
-        tree = Path(tmp)
-        await git.export(repository_path(project), commit, tree)
-        alembic_ini = runner.find_alembic_ini(tree, project.alembic_ini)
-        scripts = runner.Scripts(alembic_ini)
+    async with checkout(project, commit) as scripts:
         heads = scripts.heads()
         if len(heads) != 1:
             raise AdoptionError(f"the migrations have {len(heads)} heads: {', '.join(heads)}")
-        project.alembic_ini = str(alembic_ini.relative_to(tree.resolve()))
+        project.alembic_ini = scripts.alembic_ini_path
         revisions = len(scripts.history())
     return {
         "commit": commit,
@@ -143,9 +139,7 @@ async def record_baseline(context: StepContext) -> dict[str, Any]:
     found = context.output_of("verify_databases")["environments"]
     stamp = context.run.params.get("stamp")
     recorded: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="hatchery-adopt-") as tmp:
-        await git.export(repository_path(project), commit, Path(tmp))
-        scripts = runner.Scripts(runner.find_alembic_ini(Path(tmp), project.alembic_ini))
+    async with checkout(project, commit) as scripts:
         for environment in project.environments:
             revision = found[environment.name]["revision"]
             untracked = found[environment.name]["untracked_tables"]

@@ -12,6 +12,7 @@ from sqlalchemy.util import await_only
 from hatchery.keys import service as keys
 from hatchery.keys.models import Scope
 from hatchery.migrations import history, runner
+from hatchery.migrations.checkout import checkout
 from hatchery.migrations.models import Direction
 from hatchery.projects import git, provisioning, repository, templates
 from hatchery.projects.models import Project, ProjectStatus
@@ -79,9 +80,7 @@ async def apply_baseline(context: StepContext) -> dict[str, Any]:
     revisions: dict[str, str | None] = {}
     commit = await git.head_commit(repository_path(project))
     assert commit is not None
-    with tempfile.TemporaryDirectory(prefix="hatchery-baseline-") as tmp:
-        await git.export(repository_path(project), commit, Path(tmp))
-        scripts = runner.Scripts(runner.find_alembic_ini(Path(tmp)))
+    async with checkout(project, commit) as scripts:
         for environment in project.environments:
 
             def report(revision: str, index: int, total: int, env: str = environment.name) -> None:
