@@ -109,9 +109,10 @@ async def timed_get(
 
 
 async def endpoint(
-    stack_: Stack, port: int, project_id: uuid.UUID, repeat: int
+    stack_: Stack, port: int, project_id: uuid.UUID, tables: int, repeat: int
 ) -> dict[str, list[float]]:
     base = f"/api/v1/projects/{project_id}/environments/staging/schema"
+    table = f"{base}/tables/public.t{tables // 2}"
     figures: dict[str, list[float]] = {
         "cold": [],
         "warm": [],
@@ -128,11 +129,12 @@ async def endpoint(
         etag = response[1]["etag"]
         for _ in range(repeat * 5):
             figures["warm"].append((await timed_get(client, base))[0])
+        for _ in range(repeat * 5):
             figures["304"].append((await timed_get(client, base, **{"If-None-Match": etag}))[0])
         for _ in range(repeat):
             await forget(stack_.redis.url)
-            figures["table cold"].append((await timed_get(client, base + "/tables/public.t500"))[0])
-            figures["table warm"].append((await timed_get(client, base + "/tables/public.t500"))[0])
+            figures["table cold"].append((await timed_get(client, table))[0])
+            figures["table warm"].append((await timed_get(client, table))[0])
         figures["size"] = [len(response[2]) / 2**20]
     return figures
 
@@ -181,14 +183,14 @@ def main() -> None:
         project_id = asyncio.run(register(stack_, "bench_schema"))
         api, port = start_api(stack_.env)
         try:
-            figures = asyncio.run(endpoint(stack_, port, project_id, args.repeat))
+            figures = asyncio.run(endpoint(stack_, port, project_id, args.tables, args.repeat))
             reflect_ms, inspector_ms = asyncio.run(reflection(stack_.postgres.url("bench_schema")))
             dump_ms = pg_dump_ms(stack_.postgres.url("bench_schema"))
             large: dict[str, list[float]] = {}
             if args.large:
                 build_database(stack_, "bench_large", args.large)
                 large_id = asyncio.run(register(stack_, "bench_large"))
-                large = asyncio.run(endpoint(stack_, port, large_id, 3))
+                large = asyncio.run(endpoint(stack_, port, large_id, args.large, 3))
                 large_dump_ms = pg_dump_ms(stack_.postgres.url("bench_large"))
         finally:
             stop(api)

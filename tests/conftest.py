@@ -64,6 +64,9 @@ def settings(database_url: str, redis_server: EmbeddedRedis, scratch_dir: Path) 
         log_format="console",
         readiness_timeout_seconds=1.0,
         extra_templates_dir=TEST_TEMPLATES,
+        # Far above what the suite sends; tests of the limits start apis with low ones.
+        rate_limit_per_key="100000/minute",
+        rate_limit_per_address="100000/minute",
     )
 
 
@@ -82,6 +85,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "HATCHERY_RUN_STALE_AFTER_SECONDS": "3",
         "HATCHERY_REAPER_INTERVAL_SECONDS": "1",
         "HATCHERY_LOG_FORMAT": "json",
+        "HATCHERY_RATE_LIMIT_PER_KEY": settings.rate_limit_per_key,
+        "HATCHERY_RATE_LIMIT_PER_ADDRESS": settings.rate_limit_per_address,
     }
 
 

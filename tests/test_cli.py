@@ -1,8 +1,11 @@
 import subprocess
 import sys
 
+import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import bearer
 
 
 def hatchery(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +50,23 @@ async def test_keys_create_list_revoke_from_the_command_line(
     )
     async with engine.begin() as conn:
         await conn.execute(text("DELETE FROM api_key WHERE id = :id"), {"id": key_id})
+
+
+async def test_a_key_revoked_from_the_command_line_is_refused_by_a_running_api_at_once(
+    service_env: dict[str, str], live: httpx.AsyncClient
+) -> None:
+    created = hatchery(service_env, "keys", "create", "--name", "short-lived", "--scope", "admin")
+    fields = dict(line.split(":", 1) for line in created.stdout.splitlines())
+    key_id, token = fields["id"].strip(), fields["token"].strip()
+    # The api process now remembers the key: the revocation must reach it over Redis.
+    assert (await live.get("/api/v1/keys", headers=bearer(token))).status_code == 200
+    assert (await live.get("/api/v1/keys", headers=bearer(token))).status_code == 200
+
+    assert hatchery(service_env, "keys", "revoke", key_id).returncode == 0
+
+    refused = await live.get("/api/v1/keys", headers=bearer(token))
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["detail"]
 
 
 def test_admin_scope_cannot_be_bound_to_a_project(service_env: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from hatchery import __doc__ as description
-from hatchery import db, queue
+from hatchery import db, invalidation, queue
 from hatchery.config import Settings, get_settings
 from hatchery.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from hatchery.events.hub import EventHub
@@ -19,6 +19,7 @@ from hatchery.keys.router import router as keys_router
 from hatchery.migrations.router import router as migrations_router
 from hatchery.observability import configure_logging
 from hatchery.projects.router import router as projects_router
+from hatchery.ratelimit import RateLimiter
 from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from hatchery.runs.router import router as runs_router
 from hatchery.schema.router import router as schema_router
@@ -35,11 +36,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = db.create_sessionmaker(app.state.engine)
     app.state.control_head = db.control_head(database_url)
     app.state.queue = queue.connect(settings.require_redis_url())
+    app.state.caches = invalidation.Caches(settings.memory_cache_seconds)
+    app.state.rate_limiter = RateLimiter(settings)
     app.state.hub = EventHub(
         Redis.from_url(
             settings.require_redis_url(), socket_connect_timeout=2, health_check_interval=15
         ),
         tick_seconds=settings.sse_ping_seconds,
+        forget=app.state.caches.forget,
     )
     app.state.hub.start()
     app.state.schema = SchemaState()

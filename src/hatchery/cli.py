@@ -9,7 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import db, dev
+from hatchery import db, dev, queue
 from hatchery.config import MissingSettingError, Settings
 from hatchery.errors import HatcheryError
 from hatchery.keys import service as keys
@@ -106,7 +106,7 @@ async def _in_session(settings: Settings, action: Callable[[AsyncSession], Await
     try:
         async with db.create_sessionmaker(engine)() as session:
             result = await action(session)
-            await session.commit()
+            await db.commit(session)
             return result
     finally:
         await engine.dispose()
@@ -147,11 +147,20 @@ def keys_list() -> None:
 def keys_revoke(key_id: uuid.UUID) -> None:
     """Revoke a key."""
 
-    async def revoke(session: AsyncSession) -> ApiKey:
-        return await keys.revoke_key(session, key_id, by=None)
+    settings = load_settings()
+
+    async def revoke() -> None:
+        # Api processes remember keys: they hear of the revocation on Redis.
+        redis = queue.connect(settings.require_redis_url())
+        try:
+            await _in_session(
+                settings, lambda session: keys.revoke_key(session, redis, key_id, by=None)
+            )
+        finally:
+            await queue.close(redis)
 
     try:
-        asyncio.run(_in_session(load_settings(), revoke))
+        asyncio.run(revoke())
     except HatcheryError as exc:
         typer.echo(f"hatchery: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -3,7 +3,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+import limits
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_KEY_HASH_SECRET = "hatchery-local-insecure"  # noqa: S105 (refused in production)
@@ -51,6 +52,13 @@ class Settings(BaseSettings):
     api_port: int = 8000
     shutdown_grace_seconds: float = 10.0
 
+    # Rate limits (`limits` notation: "600/minute", "10/second;1000/hour"), counted in Redis.
+    rate_limits_enabled: bool = True
+    rate_limit_per_key: str = "1200/minute"
+    rate_limit_per_address: str = "2400/minute"
+    rate_limit_deployments: str = "60/minute"
+    rate_limit_streams: str = "120/minute"
+
     worker_poll_delay: float = Field(default=0.005, gt=0)
     worker_heartbeat_seconds: int = Field(default=5, ge=1)
     worker_max_jobs: int = Field(default=10, ge=1)
@@ -75,6 +83,10 @@ class Settings(BaseSettings):
     backup_keep_days: int = Field(default=30, ge=1)
 
     schema_statement_timeout_ms: int = Field(default=5000, ge=1)
+    # How long an api process remembers a verified key or an environment's database.
+    # Revocation and deletion reach every process at once over Redis; this bounds
+    # staleness should that message be lost.
+    memory_cache_seconds: float = Field(default=30.0, ge=0)
     # A cached schema is re-verified against an exact catalog checksum this often, on
     # top of the per-request check of PostgreSQL's catalog statistics.
     schema_verify_seconds: float = Field(default=10.0, gt=0)
@@ -95,6 +107,17 @@ class Settings(BaseSettings):
             if isinstance(value, str):
                 data[name] = [v.strip() for v in value.split(",") if v.strip()]
         return data
+
+    @field_validator(
+        "rate_limit_per_key",
+        "rate_limit_per_address",
+        "rate_limit_deployments",
+        "rate_limit_streams",
+    )
+    @classmethod
+    def _one_rate_limit(cls, value: str) -> str:
+        limits.parse(value)  # a ValueError names the setting
+        return value
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> "Settings":

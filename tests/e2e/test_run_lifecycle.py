@@ -151,6 +151,11 @@ async def test_delete_drops_databases_roles_repository_and_keys(
     project = await get_project(live, live_admin_token, project_id)
     repository = Path(project["repository_url"].removeprefix("file://"))
     assert repository.exists()
+    # Used once, so the api process remembers the key and the environment's database.
+    run_url = f"/api/v1/runs/{init['id']}"
+    assert (await live.get(run_url, headers=bearer(deploy_token))).status_code == 200
+    schema_url = f"/api/v1/projects/{project_id}/environments/staging/schema"
+    assert (await live.get(schema_url, headers=bearer(live_admin_token))).status_code == 200
 
     response = await live.delete(f"/api/v1/projects/{project_id}", headers=bearer(live_admin_token))
     assert response.status_code == 202 and response.json()["kind"] == "delete"
@@ -172,8 +177,9 @@ async def test_delete_drops_databases_roles_repository_and_keys(
     )
     assert not repository.exists()
     assert (await get_project(live, live_admin_token, project_id))["status"] == "deleted"
-    refused = await live.get(f"/api/v1/runs/{init['id']}", headers=bearer(deploy_token))
+    refused = await live.get(run_url, headers=bearer(deploy_token))
     assert refused.status_code == 401
+    assert (await live.get(schema_url, headers=bearer(live_admin_token))).status_code == 404
 
     again = await live.delete(f"/api/v1/projects/{project_id}", headers=bearer(live_admin_token))
     assert again.status_code == 200 and again.json()["id"] == response.json()["id"]

@@ -3,12 +3,13 @@
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from hatchery import invalidation
 from hatchery.events.stream import CHANNEL, Event
 
 log = structlog.get_logger("hatchery.events")
@@ -19,6 +20,7 @@ RESYNC = Event(id="", type="resync", data="")
 # Put in every queue now and then: pub/sub is at-most-once, so each stream checks the
 # log, and its own lifetime, without a timer of its own.
 TICK = Event(id="", type="tick", data="")
+_CHANNEL = CHANNEL.encode()
 
 
 class Subscriber:
@@ -56,8 +58,17 @@ class Subscriber:
 
 
 class EventHub:
-    def __init__(self, redis: Redis, tick_seconds: float, queue_capacity: int = 1000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        tick_seconds: float,
+        queue_capacity: int = 1000,
+        forget: Callable[[str | None], None] = lambda what: None,
+    ) -> None:
+        """`forget` hears the invalidation channel (see hatchery.invalidation) on the
+        same subscription: None when messages may have been missed."""
         self._redis = redis
+        self._forget = forget
         self._tick_seconds = tick_seconds
         self._capacity = queue_capacity
         self._subscribers: defaultdict[str, set[Subscriber]] = defaultdict(set)
@@ -112,13 +123,18 @@ class EventHub:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(CHANNEL, invalidation.CHANNEL)
                 self._deliver_all(RESYNC)
+                self._forget(None)
                 delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
+                    if message is None or message["type"] != "message":
+                        continue
+                    if message["channel"] == _CHANNEL:
                         self._dispatch(message["data"])
+                    else:
+                        self._forget(message["data"].decode())
             except (RedisError, OSError) as exc:
                 log.warning("event_hub_disconnected", error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)

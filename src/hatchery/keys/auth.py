@@ -21,11 +21,16 @@ async def authenticated_key(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
+    state = request.app.state
+    # Counted before the token is checked: guessing tokens is limited too.
+    address = request.client.host if request.client else "unknown"
+    await state.rate_limiter.hit(state.rate_limiter.per_address, "address", address)
     if credentials is None:
         raise Unauthorized("Missing bearer token")
     key = await service.authenticate(
-        session, request.app.state.settings.key_hash_key, credentials.credentials
+        session, state.settings.key_hash_key, credentials.credentials, state.caches
     )
+    await state.rate_limiter.hit(state.rate_limiter.per_key, "key", str(key.id))
     structlog.contextvars.bind_contextvars(key_id=str(key.id))
     return key
 

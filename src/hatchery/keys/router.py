@@ -3,6 +3,7 @@ import uuid
 from fastapi import APIRouter, Request, Response, status
 
 from hatchery.db import SessionDep
+from hatchery.deps import QueueDep
 from hatchery.errors import error_responses
 from hatchery.keys import service
 from hatchery.keys.auth import AdminKey
@@ -50,7 +51,9 @@ async def list_keys(session: SessionDep, _: AdminKey) -> KeyList:
     summary="Revoke an API key",
     responses=error_responses(404, 422),
 )
-async def revoke_key(key_id: uuid.UUID, session: SessionDep, admin: AdminKey) -> Response:
-    """Revoke a key at once; revoking a revoked key again is harmless."""
-    await service.revoke_key(session, key_id, by=admin.id)
+async def revoke_key(
+    request: Request, key_id: uuid.UUID, session: SessionDep, redis: QueueDep, admin: AdminKey
+) -> Response:
+    """Revoke a key at once, in every api process; revoking it again is harmless."""
+    await service.revoke_key(session, redis, key_id, by=admin.id, here=request.app.state.caches)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,11 +1,13 @@
 import uuid
 from collections.abc import Sequence
 
+from redis.asyncio import Redis
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hatchery import invalidation
 from hatchery.audit import service as audit
-from hatchery.db import utcnow
+from hatchery.db import after_commit, utcnow
 from hatchery.errors import NotFound, Unauthorized
 from hatchery.keys import repository, tokens
 from hatchery.keys.models import ApiKey, Scope
@@ -46,7 +48,15 @@ async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:
     return await repository.list_all(session)
 
 
-async def revoke_key(session: AsyncSession, key_id: uuid.UUID, *, by: uuid.UUID | None) -> ApiKey:
+async def revoke_key(
+    session: AsyncSession,
+    redis: Redis,
+    key_id: uuid.UUID,
+    *,
+    by: uuid.UUID | None,
+    here: invalidation.Caches | None = None,
+) -> ApiKey:
+    """Revoke a key; once committed, every api process drops the keys it remembers."""
     key = await repository.get(session, key_id)
     if key is None:
         raise NotFound(f"No key with id {key_id}")
@@ -57,13 +67,22 @@ async def revoke_key(session: AsyncSession, key_id: uuid.UUID, *, by: uuid.UUID 
         await audit.record(
             session, "key.revoked", key_id=by, detail={"revoked_key_id": str(key_id)}
         )
+        after_commit(session, lambda: invalidation.announce(redis, invalidation.KEYS, here))
     return key
 
 
-async def authenticate(session: AsyncSession, hash_key: bytes, plaintext: str) -> ApiKey:
+async def authenticate(
+    session: AsyncSession, hash_key: bytes, plaintext: str, known: invalidation.Caches
+) -> ApiKey:
+    """The key of a bearer token. A key seen lately is remembered by its token's digest
+    (a revocation makes every api process forget), so most requests skip the lookup."""
     token = tokens.parse(plaintext)
     if token is None:
         raise Unauthorized("Malformed bearer token")
+    digest = tokens.digest(token, hash_key)
+    remembered = known.keys.get(digest)
+    if remembered is not None:
+        return remembered
     key = await repository.get_by_prefix(session, token.prefix)
     if key is None or not tokens.matches(token, key.token_hash, hash_key):
         raise Unauthorized("Unknown bearer token")
@@ -71,4 +90,10 @@ async def authenticate(session: AsyncSession, hash_key: bytes, plaintext: str) -
         raise Unauthorized("This token has been revoked")
     if key.last_used_at is None or key.last_used_at < utcnow() - repository.LAST_USED_RESOLUTION:
         await repository.touch(session, key)
-    return key
+    detached = ApiKey(
+        id=key.id, name=key.name, prefix=key.prefix, token_hash=key.token_hash,
+        scopes=list(key.scopes), project_id=key.project_id, created_at=key.created_at,
+        last_used_at=key.last_used_at,
+    )  # fmt: skip
+    known.keys[digest] = detached
+    return detached

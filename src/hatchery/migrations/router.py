@@ -19,6 +19,7 @@ from hatchery.migrations.schemas import (
     Revisions,
     RollbackCreate,
 )
+from hatchery.ratelimit import DeploymentsLimited
 from hatchery.runs.models import Run
 from hatchery.runs.schemas import RunOut, run_out
 
@@ -55,6 +56,7 @@ async def create_deployment(
     session: SessionDep,
     job_queue: QueueDep,
     key: Deployer,
+    _: DeploymentsLimited,
 ) -> JSONResponse:
     """CI reports a successful deployment: an `upgrade` run migrates the environment's
     database to the head at `commit_sha` (backup first, one migrator at a time, all or

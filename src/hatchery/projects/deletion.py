@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import db
+from hatchery import db, invalidation
 from hatchery.projects import provisioning, repository
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import ProjectStatus
@@ -34,6 +34,9 @@ async def revoke_keys(context: StepContext) -> dict[str, Any]:
     revoked = await repository.revoke_project_keys(
         context.session, context.run.project_id, db.utcnow()
     )
+    db.after_commit(
+        context.session, lambda: invalidation.announce(context.redis, invalidation.KEYS)
+    )
     return {"revoked": revoked}
 
 
@@ -43,6 +46,9 @@ async def finalize(context: StepContext) -> dict[str, Any]:
     for environment in project.environments:
         environment.database_url = None
         environment.revision = None
+    db.after_commit(
+        context.session, lambda: invalidation.announce(context.redis, invalidation.ENVIRONMENTS)
+    )
     return {"status": project.status}
 
 

@@ -10,6 +10,7 @@ from hatchery.deps import HubDep, QueueDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.events import sse, stream
 from hatchery.keys.auth import RunsReader, RunsWriter, check_project
+from hatchery.ratelimit import StreamsLimited
 from hatchery.runs import service
 from hatchery.runs.schemas import RunList, RunOut, run_out
 
@@ -78,6 +79,7 @@ async def follow_run(
     job_queue: QueueDep,
     hub: HubDep,
     key: RunsReader,
+    _: StreamsLimited,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[
         str | None, Query(description="Resume after this event id (for clients without headers).")

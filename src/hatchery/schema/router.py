@@ -116,7 +116,8 @@ async def _read(
     query: service.Query,
     if_none_match: str | None,
 ) -> service.Answer:
+    state = request.app.state
     return await service.read(
-        session, redis, request.app.state.schema, settings, project_id, environment, query,
+        session, redis, state.schema, state.caches, settings, project_id, environment, query,
         if_none_match,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from hatchery import crypto
+from hatchery import crypto, invalidation
 from hatchery.config import Settings
 from hatchery.errors import FieldError, HatcheryError, InvalidInput, NotFound
 from hatchery.projects import repository as projects_repository
@@ -92,13 +92,20 @@ async def read(
     session: AsyncSession,
     redis: Redis,
     state: "SchemaState",
+    known: invalidation.Caches,
     settings: Settings,
     project_id: uuid.UUID,
     environment_name: str,
     query: Query,
     if_none_match: str | None,
 ) -> Answer:
-    environment = await _environment(session, project_id, environment_name)
+    environment = known.environments.get((project_id, environment_name))
+    if environment is None:
+        environment = await _environment(session, project_id, environment_name)
+        # Remembered while it has a database; deleting the project makes processes forget.
+        known.environments[project_id, environment_name] = Environment(
+            id=environment.id, name=environment.name, database_url=environment.database_url
+        )
     assert environment.database_url is not None
     engine = state.engines.get(
         environment.id,
