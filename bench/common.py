@@ -60,6 +60,11 @@ def stack(**env: str) -> Iterator[Stack]:
             "HATCHERY_REPOSITORIES_DIR": str(scratch / "repositories"),
             "HATCHERY_BACKUPS_DIR": str(scratch / "backups"),
             "HATCHERY_LOG_LEVEL": "WARNING",
+            # Counted as in production, but far above what a benchmark sends.
+            "HATCHERY_RATE_LIMIT_PER_KEY": "10000000/minute",
+            "HATCHERY_RATE_LIMIT_PER_ADDRESS": "10000000/minute",
+            "HATCHERY_RATE_LIMIT_STREAMS": "10000000/minute",
+            "HATCHERY_RATE_LIMIT_DEPLOYMENTS": "10000000/minute",
             **env,
         }
         yield Stack(

@@ -1,5 +1,6 @@
 """Who is calling: the bearer token, checked on every route but the public ones."""
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -22,15 +23,24 @@ async def authenticated_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     state = request.app.state
-    # Counted before the token is checked: guessing tokens is limited too.
-    address = request.client.host if request.client else "unknown"
-    await state.rate_limiter.hit(state.rate_limiter.per_address, "address", address)
-    if credentials is None:
-        raise Unauthorized("Missing bearer token")
-    key = await service.authenticate(
-        session, state.settings.key_hash_key, credentials.credentials, state.caches
+    limiter = state.rate_limiter
+    address = limiter.hit(
+        limiter.per_address, "address", request.client.host if request.client else "unknown"
     )
-    await state.rate_limiter.hit(state.rate_limiter.per_key, "key", str(key.id))
+    try:
+        if credentials is None:
+            raise Unauthorized("Missing bearer token")
+        key = await service.authenticate(
+            session, state.settings.key_hash_key, credentials.credentials, state.caches
+        )
+    except Unauthorized:
+        await address  # refused requests count too: guessing tokens is limited
+        raise
+    except BaseException:
+        address.close()
+        raise
+    # Both counts in one round trip's time.
+    await asyncio.gather(address, limiter.hit(limiter.per_key, "key", str(key.id)))
     structlog.contextvars.bind_contextvars(key_id=str(key.id))
     return key
 

@@ -177,8 +177,10 @@ async def _current(
 ) -> tuple[cache.Meta, bytes | None]:
     """The current document's metadata, and its body unless the client has it."""
     async with engine.connect() as conn:
-        probe = str(await conn.scalar(catalog.PROBE))
-        meta = await cache.read_meta(redis, cache_key)
+        probed, meta = await asyncio.gather(
+            conn.scalar(catalog.PROBE), cache.read_meta(redis, cache_key)
+        )
+        probe = str(probed)
         if meta is not None and meta.probe == probe:
             fresh = time.time() - meta.verified_at < settings.schema_verify_seconds
             if not fresh and await _checksum(conn, query) == meta.checksum:
