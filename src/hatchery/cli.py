@@ -4,12 +4,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import httpx
 import typer
 import uvicorn
 from pydantic import ValidationError
+from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import db, dev, queue
+from hatchery import db, dev, queue, watch
 from hatchery.config import MissingSettingError, Settings
 from hatchery.errors import HatcheryError
 from hatchery.keys import service as keys
@@ -25,8 +27,20 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The control database.")
 keys_app = typer.Typer(help="API keys.")
+runs_app = typer.Typer(help="Runs, followed over HTTP.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(runs_app, name="runs")
+
+# For the commands that talk to a running api over HTTP.
+ApiUrl = Annotated[str, typer.Option("--url", envvar="HATCHERY_URL", help="The api's base URL.")]
+ApiToken = Annotated[
+    str,
+    typer.Option(
+        "--token", envvar="HATCHERY_TOKEN", show_default=False, help="An API key or deploy token."
+    ),
+]
+WaitSeconds = Annotated[float, typer.Option(help="How long to wait for the run, in seconds.")]
 
 
 def load_settings() -> Settings:
@@ -165,6 +179,45 @@ def keys_revoke(key_id: uuid.UUID) -> None:
         typer.echo(f"hatchery: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def deploy(
+    project: Annotated[str, typer.Option(help="The project's slug or id.")],
+    env: Annotated[str, typer.Option(help="The environment that was deployed.")],
+    commit: Annotated[str, typer.Option(help="The deployed commit (SHA).")],
+    deployment_id: Annotated[str, typer.Option(help="CI's id for this deployment.")],
+    url: ApiUrl,
+    token: ApiToken,
+    wait: Annotated[bool, typer.Option(help="Follow the migration run to its end.")] = False,
+    timeout: WaitSeconds = 900,
+) -> None:
+    """Report a deployment from CI; with --wait, follow its migration run. Exit code: 0
+    succeeded (or reported, without --wait), 1 failed, 2 timed out, 3 refused."""
+    with watch.client(url, token) as api:
+        try:
+            run = watch.deploy(api, project, env, commit, deployment_id)
+        except (watch.Refused, httpx.TransportError) as exc:
+            typer.echo(f"hatchery: deployment refused: {exc}", err=True)
+            raise typer.Exit(watch.REFUSED) from None
+        typer.echo(f"run {run['id']}: migrating {env} to {commit}")
+        if wait:
+            raise typer.Exit(watch.watch(api, run["id"], Console(soft_wrap=True), timeout))
+
+
+@runs_app.command("watch")
+def runs_watch(
+    run_id: uuid.UUID, url: ApiUrl, token: ApiToken, timeout: WaitSeconds = 3600
+) -> None:
+    """Follow a run to its end. Exit code: 0 succeeded, 1 failed or cancelled, 2 timed
+    out, 3 refused."""
+    with watch.client(url, token) as api:
+        try:
+            code = watch.watch(api, str(run_id), Console(soft_wrap=True), timeout)
+        except watch.Refused as exc:
+            typer.echo(f"hatchery: {exc}", err=True)
+            raise typer.Exit(watch.REFUSED) from None
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

@@ -73,5 +73,7 @@ def check_unbound(key: ApiKey) -> None:
 AdminKey = Annotated[ApiKey, Depends(require(Scope.admin))]
 ProjectsReader = Annotated[ApiKey, Depends(require(Scope.projects_read))]
 ProjectsWriter = Annotated[ApiKey, Depends(require(Scope.projects_write))]
-RunsReader = Annotated[ApiKey, Depends(require(Scope.projects_read, Scope.deploy))]
+# What CI's deploy token reads besides deploying: its project and its runs.
+ReaderOrDeployer = Annotated[ApiKey, Depends(require(Scope.projects_read, Scope.deploy))]
+RunsReader = ReaderOrDeployer
 RunsWriter = Annotated[ApiKey, Depends(require(Scope.projects_write, Scope.migrations_write))]

@@ -28,6 +28,7 @@ async def list_page(
     session: AsyncSession,
     *,
     status: ProjectStatus | None,
+    slug: str | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> Sequence[Project]:
@@ -41,6 +42,8 @@ async def list_page(
         query = query.where(Project.status == status)
     else:
         query = query.where(Project.status != ProjectStatus.deleted)
+    if slug is not None:
+        query = query.where(Project.slug == slug)
     if after is not None:
         query = query.where(tuple_(Project.created_at, Project.id) < tuple_(*after))
     return (await session.scalars(query)).all()

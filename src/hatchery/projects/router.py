@@ -12,6 +12,7 @@ from hatchery.keys.auth import (
     CurrentKey,
     ProjectsReader,
     ProjectsWriter,
+    ReaderOrDeployer,
     check_project,
     check_unbound,
 )
@@ -79,14 +80,16 @@ async def create_project(
 @router.get("/projects", response_model=ProjectList, name="list_projects", summary="List projects")
 async def list_projects(
     session: SessionDep,
-    key: ProjectsReader,
+    key: ReaderOrDeployer,
     status: ProjectStatus | None = None,
+    slug: Annotated[str | None, Query(max_length=63, description="Only this slug.")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ProjectList:
-    """Projects, newest first; deleted ones only when asked for by `status=deleted`."""
+    """Projects, newest first; deleted ones only when asked for by `status=deleted`. A
+    deploy token sees its own project (CI can find it by `slug`)."""
     projects, next_cursor = await service.list_projects(
-        session, status=status, cursor=cursor, limit=limit, key=key
+        session, status=status, slug=slug, cursor=cursor, limit=limit, key=key
     )
     return ProjectList(items=[_project_out(p) for p in projects], next_cursor=next_cursor)
 

@@ -165,16 +165,25 @@ async def list_projects(
     session: AsyncSession,
     *,
     status: ProjectStatus | None,
+    slug: str | None,
     cursor: str | None,
     limit: int,
     key: ApiKey,
 ) -> tuple[Sequence[Project], str | None]:
     if key.project_id is not None:
         project = await repository.get(session, key.project_id)
-        visible = [project] if project and (status is None or project.status == status) else []
+        visible = (
+            [project]
+            if project
+            and (status is None or project.status == status)
+            and (slug is None or project.slug == slug)
+            else []
+        )
         return visible, None
     after = pagination.decode(cursor) if cursor else None
-    page = await repository.list_page(session, status=status, after=after, limit=limit + 1)
+    page = await repository.list_page(
+        session, status=status, slug=slug, after=after, limit=limit + 1
+    )
     more = len(page) > limit
     page = page[:limit]
     return page, pagination.encode(page[-1].created_at, page[-1].id) if more else None
