@@ -1,6 +1,7 @@
 """Hatching projects end to end: real api and worker processes, driven over HTTP."""
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
@@ -121,3 +122,28 @@ async def test_unknown_template_is_422_and_creates_nothing(
     assert response.json()["errors"][0]["field"] == "body.template"
     listed = await live.get("/api/v1/projects", headers=bearer(live_admin_token))
     assert "no-template" not in [p["slug"] for p in listed.json()["items"]]
+
+
+async def test_the_request_id_reaches_the_worker_log_lines_of_the_run_it_started(
+    live: httpx.AsyncClient, live_admin_token: str, scratch_dir: Path
+) -> None:
+    response = await live.post(
+        "/api/v1/projects",
+        json={"slug": "traced", "name": "Traced", "template": "fastapi-service"},
+        headers={**bearer(live_admin_token), "X-Request-ID": "trace-hatch-42"},
+    )
+    assert response.status_code == 202
+    run = response.json()["run"]
+    assert run["request_id"] == "trace-hatch-42"
+    assert (await wait_for_run(live, live_admin_token, run["id"]))["status"] == "succeeded"
+
+    logged = [
+        json.loads(line)
+        for line in (scratch_dir / "worker.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    of_run = [entry for entry in logged if entry.get("run_id") == run["id"]]
+    events = [entry["event"] for entry in of_run]
+    assert events[0] == "run_started" and events[-1] == "run_succeeded", events
+    assert events.count("step_succeeded") == 6
+    assert all(entry.get("request_id") == "trace-hatch-42" for entry in of_run), of_run

@@ -103,6 +103,7 @@ class Executor:
                 await plan.on_start(session, run)
             await db.commit(session)
         structlog.contextvars.bind_contextvars(run_id=str(run_id), request_id=run.request_id)
+        log.info("run_started", kind=run.kind)
         try:
             async with self._heartbeat(run_id):
                 if plan.exclusive is None:
@@ -217,6 +218,7 @@ class Executor:
             step.duration_ms = _ms_since(started)
             step.output = output or {}
             await db.commit(session)
+        log.info("step_succeeded", step=name, duration_ms=step.duration_ms)
         await stream.publish(
             self.redis, run_id, "step.succeeded", name, duration_ms=step.duration_ms,
             output=step.output,
