@@ -72,6 +72,7 @@ def test_dev_runs_everything_and_stops_it_all_on_sigint(workdir: Path) -> None:
         assert authorized.stdout == "200"
         assert '"dev admin"' in authorized.stderr
         assert _curl(f"{url}/api/v1/keys").stdout == "401"
+        assert _curl(f"{url}/metrics").stdout == "200"
 
         started = psutil.Process(process.pid).children(recursive=True)
         postmaster = int((workdir / ".hatchery/postgres/postmaster.pid").read_text().split()[0])
@@ -85,6 +86,7 @@ def test_dev_runs_everything_and_stops_it_all_on_sigint(workdir: Path) -> None:
 
     assert process.returncode == 0, output
     assert "Admin key: hat_" in output
+    assert "/metrics (worker)" in output
     logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     request_line = next(e for e in logged if e.get("request_id") == "dev-e2e-1")
     assert request_line["event"] == "request" and request_line["status"] == 200

@@ -79,6 +79,7 @@ def run(settings: Settings, state_dir: Path, port: int | None) -> int:
         database_url = settings.require_database_url()
         db.upgrade_control_db(database_url)
         admin_key = asyncio.run(_create_admin_key(settings))
+        worker_metrics_port = settings.worker_metrics_port or free_port()
 
         env = {
             **os.environ,
@@ -88,6 +89,7 @@ def run(settings: Settings, state_dir: Path, port: int | None) -> int:
             "HATCHERY_API_HOST": settings.api_host,
             "HATCHERY_REPOSITORIES_DIR": str(state_dir / "repositories"),
             "HATCHERY_BACKUPS_DIR": str(state_dir / "backups"),
+            "HATCHERY_WORKER_METRICS_PORT": str(worker_metrics_port),
         }
         children = [_spawn("api", env), _spawn("worker", env)]
         wait_for_port(settings.api_port, 30, children[0])
@@ -97,6 +99,11 @@ def run(settings: Settings, state_dir: Path, port: int | None) -> int:
         os.chmod(state_dir / "dev.env", 0o600)
         print(f"\nHatchery is running at {url}  (API docs: {url}/docs)", flush=True)
         print(f"Admin key: {admin_key}", flush=True)
+        print(
+            f"Metrics: {url}/metrics (api), "
+            f"http://{settings.worker_metrics_host}:{worker_metrics_port}/metrics (worker)",
+            flush=True,
+        )
         print(f"Both are in {state_dir / 'dev.env'}. Ctrl-C stops everything.\n", flush=True)
 
         while not stop.wait(0.5):

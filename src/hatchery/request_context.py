@@ -3,8 +3,10 @@ import time
 import uuid
 
 import structlog
+from fastapi.routing import iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hatchery import metrics
 from hatchery.errors import problem_response
 from hatchery.observability import bind_request_id
 
@@ -16,11 +18,23 @@ log = structlog.get_logger("hatchery.http")
 
 class RequestContextMiddleware:
     """Gives every request an id (the client's, when it sends a sane one), echoes it in
-    `X-Request-ID`, logs the request, and turns an unhandled exception into a bare 500
+    `X-Request-ID`, logs and counts the request, and turns an unhandled exception into a bare 500
     problem so that no trace reaches the client."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._templates: dict[int, str] | None = None
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's full template (`/api/v1/runs/{run_id}`), never the raw
+        path: one metric series per route, not one per id."""
+        if self._templates is None:
+            # Routes of included routers know only their own part of the path.
+            self._templates = {
+                id(context.original_route): context.path or "unmatched"
+                for context in iter_route_contexts(scope["app"].routes)
+            }
+        return self._templates.get(id(scope.get("route")), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,11 +67,15 @@ class RequestContextMiddleware:
             response = problem_response(None, 500, title="Internal Server Error")
             await response(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
             )
+            route = self._template(scope)
+            metrics.HTTP_REQUESTS.labels(scope["method"], route, status).inc()
+            metrics.HTTP_SECONDS.labels(scope["method"], route).observe(elapsed)
             bind_request_id(None)

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from sse_starlette import EventSourceResponse
 from starlette.types import Message, Send
 
+from hatchery import metrics
 from hatchery.events import stream
 from hatchery.events.hub import RESYNC, TICK, EventHub, Subscriber
 from hatchery.events.stream import START, Event
@@ -53,7 +54,7 @@ async def run_events(
     options: StreamOptions,
 ) -> AsyncIterator[bytes]:
     deadline = time.monotonic() + options.max_seconds
-    with hub.subscribe(run_id) as subscriber:
+    with hub.subscribe(run_id) as subscriber, metrics.SSE_CONNECTIONS.track_inprogress():
         if reset:
             yield _frame(START, "reset", {"run_id": run_id, "ts": time.time()}, options.retry_ms)
         yield _frame(cursor, "snapshot", snapshot, None if reset else options.retry_ms)

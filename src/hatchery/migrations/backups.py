@@ -2,10 +2,11 @@
 
 import asyncio
 import hashlib
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from hatchery import pgtools
+from hatchery import metrics, pgtools
 
 
 class BackupError(RuntimeError):
@@ -25,6 +26,7 @@ async def dump(database_url: str, destination: Path) -> tuple[int, str]:
     its size and sha256."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(".partial")
+    started = time.monotonic()
     try:
         await pgtools.run(
             "pg_dump", "--format=custom", f"--file={partial}", database_url=database_url
@@ -39,6 +41,8 @@ async def dump(database_url: str, destination: Path) -> tuple[int, str]:
         raise BackupError(str(exc)) from exc
     finally:
         partial.unlink(missing_ok=True)
+    metrics.BACKUP_SECONDS.observe(time.monotonic() - started)
+    metrics.BACKUP_BYTES.observe(size)
     return size, sha256
 
 

@@ -20,7 +20,7 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hatchery import db
+from hatchery import db, metrics
 from hatchery.config import Settings
 from hatchery.events import stream
 from hatchery.runs import repository
@@ -179,6 +179,7 @@ class Executor:
             assert run is not None
             run.status, run.finished_at = RunStatus.succeeded, db.utcnow()
             await db.commit(session)
+            metrics.run_finished(run)
         await stream.publish(self.redis, run_id, "run.succeeded", status=RunStatus.succeeded)
         log.info("run_succeeded", kind=run.kind)
 
@@ -201,6 +202,9 @@ class Executor:
                     step = _step(failed, name)
                     step.status, step.finished_at = StepStatus.failed, db.utcnow()
                     step.duration_ms = _ms_since(started)
+                    metrics.STEP_SECONDS.labels(failed.kind, name, "failed").observe(
+                        step.duration_ms / 1000
+                    )
                     step.error, step.error_trace = str(exc), trace
                     await finish_failed(
                         failure,
@@ -218,6 +222,9 @@ class Executor:
             step.duration_ms = _ms_since(started)
             step.output = output or {}
             await db.commit(session)
+            metrics.STEP_SECONDS.labels(run.kind, name, "succeeded").observe(
+                step.duration_ms / 1000
+            )
         log.info("step_succeeded", step=name, duration_ms=step.duration_ms)
         await stream.publish(
             self.redis, run_id, "step.succeeded", name, duration_ms=step.duration_ms,
@@ -269,6 +276,7 @@ async def finish_failed(
     if plan.on_failure is not None:
         await plan.on_failure(session, run, error)
     await db.commit(session)
+    metrics.run_finished(run)
     if step is not None:
         await stream.publish(redis, run.id, "step.failed", step, error=error)
     await stream.publish(

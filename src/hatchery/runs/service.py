@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import crypto, db, pagination, queue
+from hatchery import crypto, db, metrics, pagination, queue
 from hatchery.errors import Conflict, NotFound
 from hatchery.events import stream
 from hatchery.observability import current_request_id
@@ -149,6 +149,7 @@ async def cancel_run(session: AsyncSession, redis: Redis, run_id: uuid.UUID) -> 
         run.error = "cancelled before it started"
 
         async def announce() -> None:
+            metrics.run_finished(run)
             await stream.publish(redis, run.id, "run.cancelled", status=RunStatus.cancelled)
 
         db.after_commit(session, announce)
