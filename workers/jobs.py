@@ -26,7 +26,9 @@ def plan_for(run: Run) -> Plan:
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:
-    executor = Executor(ctx["sessionmaker"], ctx["redis"], ctx["settings"], plan_for)
+    executor = Executor(
+        ctx["sessionmaker"], ctx["redis"], ctx["settings"], plan_for, ctx["stopping"].is_set
+    )
     await executor.execute(uuid.UUID(run_id))
 
 

@@ -1,8 +1,10 @@
+import asyncio
+import signal
 from typing import Any
 
 from arq import cron, func
 from arq.connections import RedisSettings
-from arq.worker import run_worker
+from arq.worker import create_worker
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
@@ -18,6 +20,7 @@ from workers import jobs
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     ctx["settings"] = settings
+    ctx.setdefault("stopping", asyncio.Event())  # set on SIGTERM by `hatchery worker`
     ctx["engine"] = db.create_engine(settings.require_database_url())
     ctx["sessionmaker"] = db.create_sessionmaker(ctx["engine"])
 
@@ -35,7 +38,8 @@ class WorkerSettings:
     them from Settings."""
 
     functions = [
-        func(jobs.execute_run, name=EXECUTE_JOB, max_tries=2),
+        # A try is spent by each shutdown that cuts a run short (it runs again).
+        func(jobs.execute_run, name=EXECUTE_JOB, max_tries=5),
         func(jobs.ping, timeout=10, max_tries=1),
     ]
     queue_name = QUEUE_NAME
@@ -70,7 +74,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_timeout": settings.job_timeout_seconds,
         "max_tries": settings.job_max_tries,
         "max_jobs": settings.worker_max_jobs,
-        "ctx": {"settings": settings},
+        "ctx": {"settings": settings, "stopping": asyncio.Event()},
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
         "cron_jobs": [
             cron(
                 jobs.reap_runs,
@@ -87,4 +92,16 @@ def run(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
     if settings.worker_metrics_port is not None:
         metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
-    run_worker(WorkerSettings, **worker_options(settings))  # type: ignore[arg-type]
+    worker = create_worker(WorkerSettings, **worker_options(settings))  # type: ignore[arg-type]
+    # On SIGTERM or SIGINT arq stops taking jobs and gives running ones
+    # HATCHERY_WORKER_SHUTDOWN_GRACE_SECONDS before cancelling them; the flag tells a
+    # cancelled run that it was cut short by shutdown (and not by its timeout).
+    stopping: asyncio.Event = worker.ctx["stopping"]
+
+    def stop(signum: signal.Signals) -> None:
+        stopping.set()
+        worker.handle_sig_wait_for_completion(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        worker.loop.add_signal_handler(signum, stop, signum)
+    worker.run()

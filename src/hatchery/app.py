@@ -3,6 +3,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -45,7 +46,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tick_seconds=settings.sse_ping_seconds,
         forget=app.state.caches.forget,
     )
-    app.state.hub.start()
+    # Set by sse-starlette when uvicorn begins to shut down (see runs/router.py).
+    app.state.shutting_down = anyio.Event()
+    app.state.hub.start(app.state.shutting_down)
     app.state.schema = SchemaState()
     tune_garbage_collector()
     try:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     worker_poll_delay: float = Field(default=0.005, gt=0)
     worker_heartbeat_seconds: int = Field(default=5, ge=1)
     worker_max_jobs: int = Field(default=10, ge=1)
+    # On SIGTERM a worker takes no new jobs and lets running ones finish this long; a run
+    # still going then goes back to the queue, its current step to be done again.
+    worker_shutdown_grace_seconds: int = Field(default=20, ge=1)
     # Where a worker serves its Prometheus metrics; off when unset.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"

@@ -115,7 +115,7 @@ async def test_twenty_projects_at_once_all_become_active(
     runs = await asyncio.gather(
         *(wait_for_run(live, live_admin_token, c["run"]["id"], timeout=180) for c in created)
     )
-    assert [r["status"] for r in runs] == ["succeeded"] * 20
+    assert [r["status"] for r in runs] == ["succeeded"] * 20, [r["error"] for r in runs]
     projects = await asyncio.gather(
         *(get_project(live, live_admin_token, c["project"]["id"]) for c in created)
     )

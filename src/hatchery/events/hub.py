@@ -5,6 +5,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
+import anyio
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -20,6 +21,8 @@ RESYNC = Event(id="", type="resync", data="")
 # Put in every queue now and then: pub/sub is at-most-once, so each stream checks the
 # log, and its own lifetime, without a timer of its own.
 TICK = Event(id="", type="tick", data="")
+# Put in every queue when the process is shutting down: each stream says goodbye.
+SHUTDOWN = Event(id="", type="shutdown", data="")
 _CHANNEL = CHANNEL.encode()
 
 
@@ -74,11 +77,17 @@ class EventHub:
         self._subscribers: defaultdict[str, set[Subscriber]] = defaultdict(set)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start(self, shutting_down: anyio.Event) -> None:
+        """Listen and tick; once `shutting_down` is set, tell every stream to close."""
         self._tasks = [
             asyncio.create_task(self._listen(), name="event-hub"),
             asyncio.create_task(self._tick(), name="event-hub-tick"),
+            asyncio.create_task(self._farewell(shutting_down), name="event-hub-farewell"),
         ]
+
+    async def _farewell(self, shutting_down: anyio.Event) -> None:
+        await shutting_down.wait()
+        self._deliver_all(SHUTDOWN)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -16,7 +16,7 @@ from starlette.types import Message, Send
 
 from hatchery import metrics
 from hatchery.events import stream
-from hatchery.events.hub import RESYNC, TICK, EventHub, Subscriber
+from hatchery.events.hub import RESYNC, SHUTDOWN, TICK, EventHub, Subscriber
 from hatchery.events.stream import START, Event
 
 
@@ -80,6 +80,10 @@ async def run_events(
                 yield _end(run_id, _id(last), finished_status)
                 return
             events = await _next_events(subscriber, redis, run_id, last)
+            if events and events[0] is SHUTDOWN:
+                # The process is stopping: reconnect (with Last-Event-ID) to another.
+                yield f"retry: {options.retry_ms}\n: server shutting down, reconnect\n\n".encode()
+                return
             if time.monotonic() > deadline:
                 # Capped lifetime: the client reconnects with its last id and misses nothing.
                 return
@@ -94,6 +98,8 @@ async def _next_events(
 ) -> list[Event]:
     """Wait for live events; read the log instead when live delivery may have missed some."""
     events = await subscriber.take()
+    if SHUTDOWN in events:
+        return [SHUTDOWN]
     for event in events:
         if event is RESYNC or event is TICK:
             return await stream.replay(redis, run_id, _id(last))

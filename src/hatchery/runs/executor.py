@@ -87,6 +87,8 @@ class Executor:
     redis: Redis
     settings: Settings
     plans: Plans
+    # True once the worker has been asked to stop (SIGTERM).
+    stopping: Callable[[], bool] = lambda: False
     _lost: set[uuid.UUID] = field(default_factory=set)
 
     async def execute(self, run_id: uuid.UUID) -> None:
@@ -110,9 +112,33 @@ class Executor:
                     await self._run_steps(run_id, plan)
                 else:
                     await self._run_exclusive(run_id, plan, plan.exclusive)
+        except asyncio.CancelledError:
+            if self.stopping():
+                # The worker's grace period ran out mid-step: hand the run back, shielded
+                # from the cancellation, and let arq run the job again elsewhere.
+                await asyncio.shield(self._abandon(run_id, plan))
+            raise
         finally:
             await stream.expire(self.redis, run_id, self.settings.event_retention_seconds)
             structlog.contextvars.unbind_contextvars("run_id", "request_id")
+
+    async def _abandon(self, run_id: uuid.UUID, plan: Plan) -> None:
+        """Put a run cut short by shutdown back in the queue: the step under way (every
+        step, unless the plan resumes) to be done again by whichever worker claims it."""
+        async with self.sessionmaker() as session:
+            run = await repository.get(session, run_id)
+            if run is None or run.status != RunStatus.running:
+                return
+            abandoned = [s.name for s in run.steps if s.status == StepStatus.running]
+            for step in run.steps:
+                if step.status == StepStatus.running or not plan.resumable:
+                    step.status, step.started_at, step.finished_at = StepStatus.pending, None, None
+            # arq gives the job to the next worker; the reaper waits as for a new run.
+            run.status, run.started_at, run.heartbeat_at = RunStatus.queued, None, db.utcnow()
+            await db.commit(session)
+        message = f"worker stopping: {', '.join(abandoned) or 'the run'} will run again"
+        await stream.publish(self.redis, run_id, "step.log", None, message=message)
+        log.warning("run_abandoned", steps=abandoned)
 
     async def _run_exclusive(
         self,

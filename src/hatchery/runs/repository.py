@@ -127,7 +127,9 @@ async def stale_queued(session: AsyncSession, older_than: timedelta) -> Sequence
     return (
         await session.scalars(
             select(Run.id).where(
-                Run.status == RunStatus.queued, Run.created_at < func.now() - older_than
+                Run.status == RunStatus.queued,
+                # Since it was queued, or handed back by a stopping worker.
+                func.coalesce(Run.heartbeat_at, Run.created_at) < func.now() - older_than,
             )
         )
     ).all()

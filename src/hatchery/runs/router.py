@@ -2,7 +2,7 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Header, Query, Request, status
 from sse_starlette import EventSourceResponse
 
 from hatchery.db import SessionDep
@@ -73,6 +73,7 @@ async def list_project_runs(
     responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream"}},
 )
 async def follow_run(
+    request: Request,
     run_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -108,4 +109,11 @@ async def follow_run(
             retry_ms=settings.sse_retry_ms, max_seconds=settings.sse_max_connection_seconds
         ),
     )
-    return sse.EventStreamResponse(events, ping=settings.sse_ping_seconds)
+    return sse.EventStreamResponse(
+        events,
+        ping=settings.sse_ping_seconds,
+        # On shutdown the stream sends a retry hint and ends; cancelled if it has not
+        # within the grace period, well inside uvicorn's own graceful timeout.
+        shutdown_event=request.app.state.shutting_down,
+        shutdown_grace_period=min(2.0, settings.shutdown_grace_seconds / 2),
+    )
