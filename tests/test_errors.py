@@ -81,3 +81,38 @@ async def test_request_id_is_generated_when_absent_or_unsafe(client: httpx.Async
     assert len(plain.headers["x-request-id"]) == 32
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
     assert plain.headers["x-request-id"] != unsafe.headers["x-request-id"]
+
+
+async def test_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    response = await client.request("PUT", "/api/v1/keys")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+
+
+async def test_a_body_that_is_not_text_is_invalid_input_of_the_body(
+    client: httpx.AsyncClient, admin_token: str
+) -> None:
+    response = await client.post(
+        "/api/v1/keys",
+        content=b'{"name": "\xff"}',
+        headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"field": "body", "message": "not UTF-8 JSON", "type": "json_invalid"}
+    ]
+
+
+async def test_a_value_postgresql_cannot_store_is_invalid_input_and_stores_nothing(
+    client: httpx.AsyncClient, admin_token: str
+) -> None:
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    before = (await client.get("/api/v1/keys", headers=headers)).json()["items"]
+    response = await client.post(
+        "/api/v1/keys", json={"name": "ci\u0000key", "scopes": ["deploy"]}, headers=headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "could not be stored" in response.json()["detail"]
+    assert (await client.get("/api/v1/keys", headers=headers)).json()["items"] == before

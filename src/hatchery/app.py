@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from hatchery import __doc__ as description
 from hatchery import db, invalidation, queue
 from hatchery.config import Settings, get_settings
-from hatchery.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from hatchery.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from hatchery.events.hub import EventHub
 from hatchery.health.router import router as health_router
 from hatchery.keys.router import router as keys_router
@@ -77,8 +77,8 @@ def _route_name_as_operation_id(route: APIRoute) -> str:
 
 
 def _problem_openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with error responses under `application/problem+json`,
-    the media type they are really sent with."""
+    """The OpenAPI document, with problem responses under `application/problem+json`,
+    the media type they are really sent with (/readyz's 503 stays plain JSON)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -88,7 +88,8 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
         for operation in path.values():
             for code, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
-                if code.isdigit() and int(code) >= 400 and "application/json" in content:
+                ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                if code.isdigit() and int(code) >= 400 and ref.endswith("/Problem"):
                     content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
     app.openapi_schema = schema
     return schema
@@ -108,7 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
 
-    api = APIRouter(prefix=API_PREFIX)
+    # Every route under the prefix needs a key, and so counts against the rate limits.
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(429))
     api.include_router(projects_router)
     api.include_router(runs_router)
     api.include_router(migrations_router)

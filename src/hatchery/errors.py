@@ -7,8 +7,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from hatchery.observability import current_request_id
 
@@ -129,12 +132,52 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # FastAPI's answer to a body that is not even text (not UTF-8): invalid input.
+        return problem_response(
+            request, 422, problem="invalid-input", title="Invalid input",
+            detail="The body is not UTF-8 JSON",
+            errors=[FieldError(field="body", message="not UTF-8 JSON", type="json_invalid")],
+        )  # fmt: skip
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route that matched the path.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
-    return problem_response(request, exc.status_code, detail=detail, headers=exc.headers)
+    return problem_response(request, exc.status_code, detail=detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    state = request.app.state
+    if not hasattr(state, "route_methods"):
+        state.route_methods = [
+            (compile_path(context.path)[0], context.methods or set())
+            for context in iter_route_contexts(request.app.routes)
+            if context.path
+        ]
+    path = request.url.path
+    return sorted(
+        {m for pattern, methods in state.route_methods if pattern.match(path) for m in methods}
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL refused a value it cannot store (SQLSTATE class 22: a NUL character,
+    an over-long string): bad input, whatever route let it through; the request's
+    transaction is rolled back. Any other database error stays a 500."""
+    assert isinstance(exc, DBAPIError)
+    if not str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+        raise exc
+    reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+    return problem_response(
+        request, 422, problem="invalid-input", title="Invalid input",
+        detail=f"A value could not be stored: {reason.split(': ', 1)[-1]}",
+    )  # fmt: skip
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HatcheryError, _hatchery_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 

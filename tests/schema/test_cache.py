@@ -217,3 +217,21 @@ async def test_schema_reads_record_the_keys_use(
     assert (await client.get(url(schema_project), headers=bearer(token))).status_code == 200
     await session.refresh(key)
     assert key.last_used_at is not None
+
+
+@pytest.mark.parametrize(
+    ("suffix", "field"),
+    [
+        ("?schema=a%00b", "query.schema"),
+        ("?schema=" + "x" * 64, "query.schema"),
+        ("/tables/public." + "é" * 32, "path.qualified_name"),  # 64 bytes
+        ("/tables/pub%00lic.thing", "path.qualified_name"),
+    ],
+    ids=["nul-schema", "long-schema", "long-table", "nul-table"],
+)
+async def test_a_name_postgresql_cannot_have_is_invalid_input(
+    client: httpx.AsyncClient, schema_project: Project, schema_token: str, suffix: str, field: str
+) -> None:
+    response = await client.get(url(schema_project, suffix), headers=bearer(schema_token))
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]

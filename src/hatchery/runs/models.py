@@ -62,7 +62,8 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
     kind: Mapped[RunKind] = mapped_column(str_enum(RunKind))
     status: Mapped[RunStatus] = mapped_column(str_enum(RunStatus), default=RunStatus.queued)
     trigger: Mapped[RunTrigger] = mapped_column(str_enum(RunTrigger), default=RunTrigger.api)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # The client's key (at most 200 characters) behind a scope such as `deployment:`.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     attempt: Mapped[int] = mapped_column(default=1)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     key_id: Mapped[uuid.UUID | None]

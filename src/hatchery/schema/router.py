@@ -65,7 +65,7 @@ async def get_schema(
     sensitive are flagged and their defaults and comments left out."""
     check_project(key, project_id)
     query = service.Query(
-        schemas=tuple(sorted(set(schema or []))),
+        schemas=tuple(sorted({service.identifier(s, "query.schema") for s in schema or []})),
         kinds=tuple(sorted(set(kind or []))),
         parts=service.parse_parts(include),
     )

@@ -85,7 +85,19 @@ def parse_table(qualified: str) -> tuple[str, str]:
                 )
             ],
         )
-    return schema, table
+    return identifier(schema, "path.qualified_name"), identifier(table, "path.qualified_name")
+
+
+def identifier(name: str, field: str) -> str:
+    """A name PostgreSQL could have: at most 63 bytes, no NUL character."""
+    if "\x00" in name or len(name.encode()) > 63:
+        raise InvalidInput(
+            f"No PostgreSQL name is like '{name[:70]}'",
+            errors=[
+                FieldError(field=field, message="at most 63 bytes, without NUL", type="value_error")
+            ],
+        )
+    return name
 
 
 async def read(
