@@ -3,12 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The client generators, apart: openapi-python-client pins a typer older than ours.
+CODEGEN ?= .venv-codegen
+NODE_TOOLS := clients/typescript/node_modules
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: dev test lint format bench install system-deps clean
+.PHONY: dev test lint format bench install system-deps test-system-deps clean
 
-dev: install
+dev: system-deps $(VENV)/.installed
 	$(BIN)/hatchery dev
 
 test: install
@@ -26,24 +29,42 @@ format: install
 bench: install
 	for b in queue_latency sse_fanout init_throughput migrate_overhead schema_introspection; do $(BIN)/python -m bench.$$b || exit 1; done
 
-install: system-deps $(VENV)/.installed
+install: test-system-deps $(VENV)/.installed $(CODEGEN)/.installed $(NODE_TOOLS)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
+$(CODEGEN)/.installed: clients/codegen-constraints.txt
+	$(PYTHON) -m venv $(CODEGEN)
+	$(CODEGEN)/bin/pip install -q -c clients/codegen-constraints.txt openapi-python-client
+	touch $@
+
+$(NODE_TOOLS)/.installed: clients/typescript/package-lock.json
+	npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian packages: `make dev` needs the first group; `make test` also the tools of its
+# client, browser and CI-script tests.
 system-deps:
-	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v git >/dev/null || missing="$$missing git"; \
-	command -v curl >/dev/null || missing="$$missing curl"; \
-	command -v psql >/dev/null || missing="$$missing postgresql-client-15"; \
-	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
+	@$(call apt_missing,redis-server:redis-server git:git curl:curl psql:postgresql-client-15 \
+		/usr/lib/postgresql/15/bin/initdb:postgresql-15)
+
+test-system-deps: system-deps
+	@$(call apt_missing,npm:npm chromium:chromium jq:jq)
+
+# apt_missing COMMAND:PACKAGE...: install the packages whose command is missing.
+define apt_missing
+	missing=""; \
+	for pair in $(1); do \
+		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; \
 	fi
+endef
 
 clean:
-	rm -rf $(VENV) .hatchery .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CODEGEN) $(NODE_TOOLS) .hatchery .pytest_cache .mypy_cache .ruff_cache
