@@ -43,14 +43,17 @@ async def follow(
     stop_after: int | None = None,
     until: Callable[[Frame], bool] | None = None,
     timeout: float = 120,
+    ticket: str | None = None,
 ) -> list[Frame]:
-    """Frames of a run's event stream until `end`, `stop_after` frames, or `until`."""
-    headers = {"Authorization": f"Bearer {token}"}
+    """Frames of a run's event stream until `end`, `stop_after` frames, or `until`;
+    authenticated by `token`, or by a stream `ticket` in the URL."""
+    headers = {} if ticket else {"Authorization": f"Bearer {token}"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     received: list[Frame] = []
+    params = {"ticket": ticket} if ticket else {}
     async with client.stream(
-        "GET", f"/api/v1/runs/{run_id}/events", headers=headers, timeout=timeout
+        "GET", f"/api/v1/runs/{run_id}/events", headers=headers, params=params, timeout=timeout
     ) as response:
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     sse_retry_ms: int = Field(default=3000, ge=0)
     sse_max_connection_seconds: float = Field(default=600.0, gt=0)
+    # How long a stream ticket (for EventSource, in the URL) can open connections.
+    sse_ticket_seconds: int = Field(default=900, ge=10)
 
     migration_lock_timeout_ms: int = Field(default=5000, ge=0)
     migration_statement_timeout_ms: int = Field(default=600_000, ge=0)

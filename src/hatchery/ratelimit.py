@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 
 from hatchery.config import Settings
 from hatchery.errors import HatcheryError
-from hatchery.keys.auth import CurrentKey
+from hatchery.keys.auth import CurrentKey, stream_reader
+from hatchery.keys.models import ApiKey
 
 log = structlog.get_logger("hatchery.ratelimit")
 
@@ -68,7 +69,7 @@ async def _deployments(request: Request, key: CurrentKey) -> None:
     await limiter.hit(limiter.deployments, "deployments", str(key.id))
 
 
-async def _streams(request: Request, key: CurrentKey) -> None:
+async def _streams(request: Request, key: Annotated[ApiKey, Depends(stream_reader)]) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
     await limiter.hit(limiter.streams, "streams", str(key.id))
 

@@ -6,12 +6,12 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hatchery.db import SessionDep
 from hatchery.errors import Forbidden, Unauthorized
-from hatchery.keys import service
+from hatchery.keys import service, tickets
 from hatchery.keys.models import ApiKey, Scope
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer hat_...`")
@@ -22,17 +22,25 @@ async def authenticated_key(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    state = request.app.state
-    limiter = state.rate_limiter
+    async def by_token() -> ApiKey:
+        if credentials is None:
+            raise Unauthorized("Missing bearer token")
+        state = request.app.state
+        return await service.authenticate(
+            session, state.settings.key_hash_key, credentials.credentials, state.caches
+        )
+
+    return await _identified(request, by_token)
+
+
+async def _identified(request: Request, find: Callable[[], Awaitable[ApiKey]]) -> ApiKey:
+    """The caller's key, found by `find`, counted against the rate limits."""
+    limiter = request.app.state.rate_limiter
     address = limiter.hit(
         limiter.per_address, "address", request.client.host if request.client else "unknown"
     )
     try:
-        if credentials is None:
-            raise Unauthorized("Missing bearer token")
-        key = await service.authenticate(
-            session, state.settings.key_hash_key, credentials.credentials, state.caches
-        )
+        key = await find()
     except Unauthorized:
         await address  # refused requests count too: guessing tokens is limited
         raise
@@ -52,12 +60,45 @@ def require(*scopes: Scope) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     """A key with any one of `scopes` (admin has them all)."""
 
     async def check(key: CurrentKey) -> ApiKey:
-        if not any(key.allows(scope) for scope in scopes):
-            wanted = "' or '".join(scopes)
-            raise Forbidden(f"This key lacks the '{wanted}' scope")
-        return key
+        return _with_scope(key, scopes)
 
     return check
+
+
+def _with_scope(key: ApiKey, scopes: tuple[Scope, ...]) -> ApiKey:
+    if not any(key.allows(scope) for scope in scopes):
+        wanted = "' or '".join(scopes)
+        raise Forbidden(f"This key lacks the '{wanted}' scope")
+    return key
+
+
+async def stream_reader(
+    request: Request,
+    run_id: uuid.UUID,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ticket: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="A stream ticket (POST .../events/tickets), for clients such as "
+            "EventSource that cannot send an Authorization header.",
+        ),
+    ] = None,
+) -> ApiKey:
+    """Who follows a run's events: the bearer token, or a ticket for this run."""
+    if ticket is None:
+        key = await authenticated_key(request, session, credentials)
+    else:
+
+        async def by_ticket() -> ApiKey:
+            key_id = await tickets.redeem(request.app.state.queue, ticket, run_id)
+            if key_id is None:
+                raise Unauthorized("Unknown or expired stream ticket")
+            return await service.active_key(session, key_id)
+
+        key = await _identified(request, by_ticket)
+    return _with_scope(key, (Scope.projects_read, Scope.deploy))
 
 
 def check_project(key: ApiKey, project_id: uuid.UUID) -> None:

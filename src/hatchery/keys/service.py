@@ -71,6 +71,14 @@ async def revoke_key(
     return key
 
 
+async def active_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
+    """A key found by id (a stream ticket's), refused like a token once revoked."""
+    key = await repository.get(session, key_id)
+    if key is None or key.revoked_at is not None:
+        raise Unauthorized("The key behind this ticket is unknown or revoked")
+    return key
+
+
 async def authenticate(
     session: AsyncSession, hash_key: bytes, plaintext: str, known: invalidation.Caches
 ) -> ApiKey:

@@ -2,17 +2,19 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from sse_starlette import EventSourceResponse
 
 from hatchery.db import SessionDep
 from hatchery.deps import HubDep, QueueDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.events import sse, stream
-from hatchery.keys.auth import RunsReader, RunsWriter, check_project
+from hatchery.keys import tickets
+from hatchery.keys.auth import RunsReader, RunsWriter, check_project, stream_reader
+from hatchery.keys.models import ApiKey
 from hatchery.ratelimit import StreamsLimited
 from hatchery.runs import service
-from hatchery.runs.schemas import RunList, RunOut, run_out
+from hatchery.runs.schemas import RunList, RunOut, StreamTicket, run_out
 
 router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 404, 422))
 
@@ -65,6 +67,30 @@ async def list_project_runs(
     return RunList(items=[run_out(r) for r in runs], next_cursor=next_cursor)
 
 
+@router.post(
+    "/runs/{run_id}/events/tickets",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StreamTicket,
+    name="create_stream_ticket",
+    summary="A ticket to follow a run without a header",
+    responses=error_responses(404),
+)
+async def create_stream_ticket(
+    run_id: uuid.UUID, session: SessionDep, settings: SettingsDep, job_queue: QueueDep,
+    key: RunsReader,
+) -> StreamTicket:  # fmt: skip
+    """For a browser's `EventSource`, which cannot send `Authorization`: a ticket to put in
+    the events URL (`?ticket=`) instead of a key. It follows this run only, for
+    `HATCHERY_SSE_TICKET_SECONDS`, reconnections included, while its key is not revoked."""
+    check_project(key, (await service.get_run(session, run_id)).project_id)
+    ticket = await tickets.issue(job_queue, key.id, run_id, settings.sse_ticket_seconds)
+    return StreamTicket(
+        ticket=ticket,
+        expires_in=settings.sse_ticket_seconds,
+        events_url=f"/api/v1/runs/{run_id}/events?ticket={ticket}",
+    )
+
+
 @router.get(
     "/runs/{run_id}/events",
     name="follow_run",
@@ -79,7 +105,7 @@ async def follow_run(
     settings: SettingsDep,
     job_queue: QueueDep,
     hub: HubDep,
-    key: RunsReader,
+    key: Annotated[ApiKey, Depends(stream_reader)],
     _: StreamsLimited,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[

@@ -59,3 +59,9 @@ def run_out(run: Any, result: dict[str, Any] | None = None) -> RunOut:
             "result": result if result is not None else (from_storage if run.result else None),
         }
     )
+
+
+class StreamTicket(BaseModel):
+    ticket: str = Field(description="Put in the events URL as `?ticket=`; never a key.")
+    expires_in: int = Field(description="Seconds during which it can open connections.")
+    events_url: str = Field(description="The run's events URL with the ticket in it.")
