@@ -1,12 +1,15 @@
 """No Docker engine runs here: keep the Dockerfile and compose.yaml right by reading them."""
 
+import os
 import re
 from pathlib import Path
 
+import pytest
 import typer.main
 import yaml
 
 from hatchery.cli import app as cli
+from hatchery.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +53,30 @@ def test_dockerfile_runs_hatchery_as_non_root_from_files_that_exist() -> None:
     assert user and user[-1] not in {"root", "0"}
     assert 'ENTRYPOINT ["hatchery"]' in dockerfile
     assert _cli_accepts(["api"])
+
+
+def test_compose_gives_every_process_the_settings_production_insists_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+    def resolved(value: str) -> str:
+        # ${NAME:?message} must come from the operator (32+ characters); ${NAME:-default}.
+        return re.sub(
+            r"\$\{(\w+)(?::([-?])([^}]*))?\}",
+            lambda m: m.group(3) if m.group(2) == "-" else "s" * 40,
+            str(value),
+        )
+
+    for name in ("migrate", "api", "worker"):
+        environment = compose["services"][name]["environment"]
+        assert environment["HATCHERY_ENVIRONMENT"].endswith(":-production}")
+        for variable in list(os.environ):
+            if variable.startswith("HATCHERY_"):
+                monkeypatch.delenv(variable)
+        for variable, value in environment.items():
+            monkeypatch.setenv(variable, resolved(value))
+        settings = Settings()  # raises when production would start insecure
+        assert settings.environment == "production", name
+    worker = compose["services"]["worker"]["environment"]
+    assert worker["HATCHERY_WORKER_METRICS_PORT"] == "9101"
