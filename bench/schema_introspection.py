@@ -17,7 +17,7 @@ import uuid
 
 from sqlalchemy import MetaData, inspect
 
-from bench.common import Stack, percentile, stack, start_api, stop
+from bench.common import Client, Stack, percentile, stack, start_api, stop
 from hatchery import db, queue
 from hatchery.pgtools import libpq_environment, pg_binary
 from hatchery.projects import provisioning
@@ -69,33 +69,6 @@ async def forget(redis_url: str) -> None:
     async for key in client.scan_iter(match=f"{PREFIX}*"):
         await client.delete(key)
     await queue.close(client)
-
-
-class Client:
-    """HTTP/1.1 keep-alive with nothing else: the figures are the endpoint's, not a client
-    library's (httpx adds about a millisecond a request here)."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.port, self.token = port, token
-
-    async def __aenter__(self) -> "Client":
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.writer.close()
-
-    async def get(self, url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.writer.write(
-            f"GET {url} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {self.token}\r\n"
-            f"{extra}\r\n".encode()
-        )
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-        status = int(head[0].split()[1])
-        fields = {k.lower(): v for k, _, v in (line.partition(": ") for line in head[1:] if line)}
-        body = await self.reader.readexactly(int(fields.get("content-length", 0)))
-        return status, fields, body
 
 
 async def timed_get(
