@@ -22,6 +22,7 @@ from hatchery.observability import configure_logging
 from hatchery.projects.router import router as projects_router
 from hatchery.ratelimit import RateLimiter
 from hatchery.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
+from hatchery.routes import RouteTable
 from hatchery.runs.router import router as runs_router
 from hatchery.schema.router import router as schema_router
 from hatchery.schema.service import SchemaState
@@ -128,5 +129,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=[REQUEST_ID_HEADER, "Location", "ETag", "Retry-After"],
         )
     app.add_middleware(RequestContextMiddleware)
+    app.state.routes = RouteTable(app)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -7,11 +7,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
 
 from hatchery.observability import current_request_id
 
@@ -142,23 +140,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # Starlette names only the methods of the first route that matched the path.
-        headers["Allow"] = ", ".join(_allowed_methods(request))
+        headers["Allow"] = ", ".join(request.app.state.routes.allowed_methods(request.url.path))
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
     return problem_response(request, exc.status_code, detail=detail, headers=headers)
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    state = request.app.state
-    if not hasattr(state, "route_methods"):
-        state.route_methods = [
-            (compile_path(context.path)[0], context.methods or set())
-            for context in iter_route_contexts(request.app.routes)
-            if context.path
-        ]
-    path = request.url.path
-    return sorted(
-        {m for pattern, methods in state.route_methods if pattern.match(path) for m in methods}
-    )
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,6 @@ import time
 import uuid
 
 import structlog
-from fastapi.routing import iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hatchery import metrics
@@ -23,18 +22,6 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._templates: dict[int, str] | None = None
-
-    def _template(self, scope: Scope) -> str:
-        """The matched route's full template (`/api/v1/runs/{run_id}`), never the raw
-        path: one metric series per route, not one per id."""
-        if self._templates is None:
-            # Routes of included routers know only their own part of the path.
-            self._templates = {
-                id(context.original_route): context.path or "unmatched"
-                for context in iter_route_contexts(scope["app"].routes)
-            }
-        return self._templates.get(id(scope.get("route")), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,7 +62,7 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
             )
-            route = self._template(scope)
+            route = scope["app"].state.routes.template(scope.get("route"))
             metrics.HTTP_REQUESTS.labels(scope["method"], route, status).inc()
             metrics.HTTP_SECONDS.labels(scope["method"], route).observe(elapsed)
             bind_request_id(None)

@@ -98,7 +98,7 @@ async def _next_events(
 ) -> list[Event]:
     """Wait for live events; read the log instead when live delivery may have missed some."""
     events = await subscriber.take()
-    if SHUTDOWN in events:
+    if any(event is SHUTDOWN for event in events):  # `in` would compare every event's fields
         return [SHUTDOWN]
     for event in events:
         if event is RESYNC or event is TICK:

@@ -14,6 +14,8 @@ from hatchery.errors import Forbidden, Unauthorized
 from hatchery.keys import service, tickets
 from hatchery.keys.models import ApiKey, Scope
 
+# What CI's deploy token reads besides deploying: its project, its runs and their events.
+READ_OR_DEPLOY = (Scope.projects_read, Scope.deploy)
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer hat_...`")
 
 
@@ -98,7 +100,7 @@ async def stream_reader(
             return await service.active_key(session, key_id)
 
         key = await _identified(request, by_ticket)
-    return _with_scope(key, (Scope.projects_read, Scope.deploy))
+    return _with_scope(key, READ_OR_DEPLOY)
 
 
 def check_project(key: ApiKey, project_id: uuid.UUID) -> None:
@@ -114,7 +116,6 @@ def check_unbound(key: ApiKey) -> None:
 AdminKey = Annotated[ApiKey, Depends(require(Scope.admin))]
 ProjectsReader = Annotated[ApiKey, Depends(require(Scope.projects_read))]
 ProjectsWriter = Annotated[ApiKey, Depends(require(Scope.projects_write))]
-# What CI's deploy token reads besides deploying: its project and its runs.
-ReaderOrDeployer = Annotated[ApiKey, Depends(require(Scope.projects_read, Scope.deploy))]
+ReaderOrDeployer = Annotated[ApiKey, Depends(require(*READ_OR_DEPLOY))]
 RunsReader = ReaderOrDeployer
 RunsWriter = Annotated[ApiKey, Depends(require(Scope.projects_write, Scope.migrations_write))]
