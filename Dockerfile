@@ -1,13 +1,15 @@
 # One image for every Hatchery process: `hatchery api` (default), `hatchery worker`,
 # `hatchery db upgrade`.
 FROM python:3.11-slim-bookworm AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/hatchery
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 COPY workers ./workers
-RUN /opt/hatchery/bin/pip install -c constraints.txt .
+# As `make`: pip fetches the pinned uv, uv installs everything else from the pins.
+RUN python -m venv /opt/hatchery \
+    && /opt/hatchery/bin/pip install "$(grep -m1 '^uv==' constraints.txt)" \
+    && /opt/hatchery/bin/uv pip install --python /opt/hatchery/bin/python -c constraints.txt .
 
 FROM python:3.11-slim-bookworm
 # git for project repositories, the PostgreSQL 15 client for pg_dump/pg_restore.

@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+UV := $(BIN)/uv
+UV_PIN := $(shell grep -m1 '^uv==' constraints.txt)
+# uv uses this machine's Python 3.11 and never downloads another.
+export UV_PYTHON_DOWNLOADS := never
 # The client generators, apart: openapi-python-client pins a typer older than ours.
 CODEGEN ?= .venv-codegen
 NODE_TOOLS := clients/typescript/node_modules
@@ -31,14 +35,19 @@ bench: install
 
 install: test-system-deps $(VENV)/.installed $(CODEGEN)/.installed $(NODE_TOOLS)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# uv does the installing (fast, from the pins); pip only fetches uv itself, once.
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --isolated --quiet --disable-pip-version-check '$(UV_PIN)'
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev]'
 	touch $@
 
-$(CODEGEN)/.installed: clients/codegen-constraints.txt
-	$(PYTHON) -m venv $(CODEGEN)
-	$(CODEGEN)/bin/pip install -q -c clients/codegen-constraints.txt openapi-python-client
+$(CODEGEN)/.installed: clients/codegen-constraints.txt | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(CODEGEN)
+	$(UV) pip install --quiet --python $(CODEGEN)/bin/python \
+		-c clients/codegen-constraints.txt openapi-python-client
 	touch $@
 
 $(NODE_TOOLS)/.installed: clients/typescript/package-lock.json
