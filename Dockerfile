@@ -1,7 +1,8 @@
 # One image for every Hatchery process: `hatchery api` (default), `hatchery worker`,
 # `hatchery db upgrade`.
 FROM python:3.11-slim-bookworm AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src

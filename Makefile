@@ -7,6 +7,9 @@ UV := $(BIN)/uv
 UV_PIN := $(shell grep -m1 '^uv==' constraints.txt)
 # uv uses this machine's Python 3.11 and never downloads another.
 export UV_PYTHON_DOWNLOADS := never
+# pip compiled bytecode at install time; uv does only when asked. Without it every
+# process started under PYTHONDONTWRITEBYTECODE compiles its imports again.
+export UV_COMPILE_BYTECODE := 1
 # The client generators, apart: openapi-python-client pins a typer older than ours.
 CODEGEN ?= .venv-codegen
 NODE_TOOLS := clients/typescript/node_modules
