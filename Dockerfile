@@ -13,9 +13,9 @@ RUN python -m venv /opt/hatchery \
     && /opt/hatchery/bin/uv pip install --python /opt/hatchery/bin/python -c constraints.txt .
 
 FROM python:3.11-slim-bookworm
-# git for project repositories, the PostgreSQL 15 client for pg_dump/pg_restore.
+# git (and ssh) for project repositories, the PostgreSQL 15 client for pg_dump/pg_restore.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git postgresql-client-15 curl \
+    && apt-get install -y --no-install-recommends git openssh-client postgresql-client-15 curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/hatchery hatchery \
     && mkdir -p /var/lib/hatchery/repositories /var/lib/hatchery/backups \

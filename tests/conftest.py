@@ -32,6 +32,20 @@ def scratch_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def git_root(scratch_dir: Path) -> Path:
+    """Where adopted file:// repositories may live (HATCHERY_REPOSITORY_FILE_ROOT)."""
+    path = scratch_dir / "git"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def repos(git_root: Path) -> Path:
+    """A directory of this test's own under the file:// root, for the repositories it adopts."""
+    return Path(tempfile.mkdtemp(dir=git_root))
+
+
+@pytest.fixture(scope="session")
 def postgres(scratch_dir: Path) -> Iterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(scratch_dir / "postgres")
     server.start()
@@ -55,12 +69,15 @@ def database_url(postgres: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_server: EmbeddedRedis, scratch_dir: Path) -> Settings:
+def settings(
+    database_url: str, redis_server: EmbeddedRedis, scratch_dir: Path, git_root: Path
+) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_server.url,
         repositories_dir=scratch_dir / "repositories",
         backups_dir=scratch_dir / "backups",
+        repository_file_root=git_root,
         log_format="console",
         readiness_timeout_seconds=1.0,
         extra_templates_dir=TEST_TEMPLATES,
@@ -79,6 +96,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "HATCHERY_REDIS_URL": settings.require_redis_url(),
         "HATCHERY_REPOSITORIES_DIR": str(settings.repositories_dir),
         "HATCHERY_BACKUPS_DIR": str(settings.backups_dir),
+        "HATCHERY_REPOSITORY_FILE_ROOT": str(settings.repository_file_root),
         "HATCHERY_WORKER_HEARTBEAT_SECONDS": "1",
         "HATCHERY_EXTRA_TEMPLATES_DIR": str(TEST_TEMPLATES),
         "HATCHERY_RUN_HEARTBEAT_SECONDS": "0.5",

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -10,6 +11,8 @@ SAFE = {
     "key_hash_secret": "s" * 40,
     "encryption_key": "e" * 40,
     "cors_origins": ["https://app.example.com"],
+    "redis_url": "redis://:a-password@redis:6379/0",
+    "adoption_allowed_hosts": ["db.internal", "10.0.0.0/8"],
 }
 
 
@@ -25,11 +28,31 @@ def test_production_accepts_safe_settings() -> None:
         ({"encryption_key": None}, "HATCHERY_ENCRYPTION_KEY"),
         ({"cors_origins": ["*"]}, "HATCHERY_CORS_ORIGINS"),
         ({"debug": True}, "HATCHERY_DEBUG"),
+        ({"redis_url": "redis://redis:6379/0"}, "HATCHERY_REDIS_URL"),
+        ({"adoption_allowed_hosts": []}, "HATCHERY_ADOPTION_ALLOWED_HOSTS"),
     ],
 )
 def test_production_refuses_insecure_defaults(override: dict[str, object], named: str) -> None:
     with pytest.raises(ValidationError, match=named):
         Settings(environment="production", **{**SAFE, **override})
+
+
+def test_production_may_disable_adoption_instead_of_listing_hosts() -> None:
+    settings = Settings(
+        environment="production", **{**SAFE, "adoption_allowed_hosts": []}, adoption_enabled=False
+    )
+    assert not settings.adoption_enabled
+
+
+def test_adoption_hosts_are_host_names_or_networks() -> None:
+    with pytest.raises(ValidationError, match="neither a host name nor a network"):
+        Settings(adoption_allowed_hosts=["db.internal", "-oProxyCommand=x"])
+
+
+def test_file_root_may_not_hold_hatcherys_own_repositories(tmp_path: Path) -> None:
+    for root in (tmp_path, tmp_path / "repositories" / "inside"):
+        with pytest.raises(ValidationError, match="HATCHERY_REPOSITORY_FILE_ROOT"):
+            Settings(repository_file_root=root, repositories_dir=tmp_path / "repositories")
 
 
 def test_local_allows_development_defaults() -> None:

@@ -1,7 +1,10 @@
+import ipaddress
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import limits
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -9,6 +12,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_KEY_HASH_SECRET = "hatchery-local-insecure"  # noqa: S105 (refused in production)
 LOCAL_ENCRYPTION_KEY = "hatchery-local-insecure-encryption"  # refused in production
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def redis_has_password(url: SecretStr) -> bool:
+    """True when a Redis URL carries a password."""
+    return bool(urlsplit(url.get_secret_value()).password)
 
 
 class Environment(StrEnum):
@@ -38,6 +47,13 @@ class Settings(BaseSettings):
 
     repositories_dir: Path = Path(".hatchery/repositories")
     backups_dir: Path = Path(".hatchery/backups")
+    # file:// repositories may be adopted only from under this directory (unset: never).
+    repository_file_root: Path | None = None
+    git_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Adopting existing databases, and the hosts or networks their URLs may name (unset:
+    # any but link-local, metadata and loopback ones; production insists on a list).
+    adoption_enabled: bool = True
+    adoption_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     key_hash_secret: SecretStr | None = None
     # Encrypts credentials kept at rest (project role passwords).
@@ -110,7 +126,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _split_lists(cls, data: dict[str, object]) -> dict[str, object]:
-        for name in ("cors_origins", "schema_sensitive_patterns"):
+        for name in ("cors_origins", "schema_sensitive_patterns", "adoption_allowed_hosts"):
             value = data.get(name)
             if isinstance(value, str):
                 data[name] = [v.strip() for v in value.split(",") if v.strip()]
@@ -126,6 +142,29 @@ class Settings(BaseSettings):
     def _one_rate_limit(cls, value: str) -> str:
         limits.parse(value)  # a ValueError names the setting
         return value
+
+    @field_validator("adoption_allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                if not HOST_NAME.fullmatch(value):
+                    raise ValueError(f"{value!r} is neither a host name nor a network") from None
+        return values
+
+    @model_validator(mode="after")
+    def _file_root_apart_from_data(self) -> "Settings":
+        root = self.repository_file_root
+        if root is not None:
+            for data in (self.repositories_dir, self.backups_dir):
+                a, b = root.resolve(), data.resolve()
+                if a.is_relative_to(b) or b.is_relative_to(a):
+                    raise InsecureSettingsError(
+                        f"HATCHERY_REPOSITORY_FILE_ROOT must not hold or be inside {data}"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> "Settings":
@@ -145,6 +184,15 @@ class Settings(BaseSettings):
             )
         if self.debug:
             raise InsecureSettingsError("HATCHERY_DEBUG must be off in production")
+        if self.redis_url is not None and not redis_has_password(self.redis_url):
+            raise InsecureSettingsError(
+                "HATCHERY_REDIS_URL must carry a password in production (redis://:PASSWORD@host)"
+            )
+        if self.adoption_enabled and not self.adoption_allowed_hosts:
+            raise InsecureSettingsError(
+                "HATCHERY_ADOPTION_ALLOWED_HOSTS must list the database hosts or networks "
+                "that may be adopted in production (or set HATCHERY_ADOPTION_ENABLED=false)"
+            )
         return self
 
     @property

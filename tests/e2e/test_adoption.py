@@ -12,6 +12,7 @@ import pytest
 
 from hatchery.embedded import EmbeddedPostgres
 from hatchery.projects import templates
+from hatchery.projects.adoption import UNREACHABLE
 from tests.conftest import bearer
 from tests.e2e.helpers import deploy, get_project, git, revision_source, wait_for_run
 from tests.sse import follow
@@ -104,9 +105,9 @@ async def adopt(
 
 async def test_adopted_service_is_migrated_on_deploy_and_left_alone_on_delete(
     live: httpx.AsyncClient, live_admin_token: str, postgres: EmbeddedPostgres, adoptee: str,
-    tmp_path: Path,
+    repos: Path,
 ) -> None:  # fmt: skip
-    repo = tmp_path / "service"
+    repo = repos / "service"
     head = service_repository(repo, [("0002", "0001", ["CREATE TABLE widget (id int)"])])
     staging, staging_url = database(postgres, adoptee)
     production, production_url = database(postgres, adoptee)
@@ -183,17 +184,17 @@ async def test_adopted_service_is_migrated_on_deploy_and_left_alone_on_delete(
 
 async def test_wrong_inputs_fail_clearly_and_write_nothing(
     live: httpx.AsyncClient, live_admin_token: str, postgres: EmbeddedPostgres, adoptee: str,
-    tmp_path: Path,
+    repos: Path,
 ) -> None:  # fmt: skip
-    good = tmp_path / "good"
+    good = repos / "good"
     service_repository(good, [])
-    bare = tmp_path / "no-alembic"
+    bare = repos / "no-alembic"
     bare.mkdir()
     (bare / "README.md").write_text("no migrations here")
     git("init", "--quiet", "--initial-branch=main", cwd=bare)
     git("add", "--all", cwd=bare)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=bare)
-    forked = tmp_path / "forked"
+    forked = repos / "forked"
     service_repository(forked, [("0002a", "0001", ["SELECT 1"]), ("0002b", "0001", ["SELECT 1"])])
     name, url = database(postgres, adoptee)
     alembic(good, "postgresql+asyncpg://" + url.split("://", 1)[1], "upgrade", "head")
@@ -204,19 +205,15 @@ async def test_wrong_inputs_fail_clearly_and_write_nothing(
 
     cases = [
         (
-            tmp_path.joinpath("missing").as_uri(),
+            repos.joinpath("missing").as_uri(),
             url,
             "verify_repository",
             "does not appear to be a git repository",
         ),
         (bare.as_uri(), url, "verify_repository", "found none"),
         (forked.as_uri(), url, "verify_repository", "2 heads"),
-        (
-            good.as_uri(),
-            url.replace(PASSWORD, "wrong"),
-            "verify_databases",
-            "password authentication failed",
-        ),
+        # One message for every connection failure: the api tells no host from another.
+        (good.as_uri(), url.replace(PASSWORD, "wrong"), "verify_databases", UNREACHABLE),
         (good.as_uri(), weak_url, "verify_databases", "may not CREATE"),
     ]
     for index, (repository, database_url, step, cause) in enumerate(cases):
@@ -241,9 +238,9 @@ async def test_wrong_inputs_fail_clearly_and_write_nothing(
 
 async def test_untracked_database_is_reported_and_stamped_only_when_asked(
     live: httpx.AsyncClient, live_admin_token: str, postgres: EmbeddedPostgres, adoptee: str,
-    tmp_path: Path,
+    repos: Path,
 ) -> None:  # fmt: skip
-    repo = tmp_path / "service"
+    repo = repos / "service"
     service_repository(repo, [])
     reported, reported_url = database(postgres, adoptee)
     stamped, stamped_url = database(postgres, adoptee)

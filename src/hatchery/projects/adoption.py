@@ -8,22 +8,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import structlog
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from hatchery import crypto
+from hatchery import crypto, redaction
 from hatchery.config import Settings
 from hatchery.migrations import history, repository, runner
 from hatchery.migrations.checkout import checkout
 from hatchery.migrations.models import Direction
-from hatchery.projects import deletion, git, initialization, provisioning
+from hatchery.projects import admission, deletion, git, initialization, provisioning
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import Project
 from hatchery.runs.executor import Plan, StepContext
 
 KEEPS = "An adopted project is forgotten: its databases and repository are left untouched."
+UNREACHABLE = (
+    "cannot connect: check the host, port, database name and credentials, and that the "
+    "server accepts connections from Hatchery"
+)
+CONNECT_SECONDS = 10
+
+log = structlog.get_logger("hatchery.adoption")
 
 
 class AdoptionError(RuntimeError):
@@ -41,20 +50,24 @@ def public_url(repository_url: str) -> str:
 
 
 async def fetch(project: Project, settings: Settings) -> None:
-    """Bring the local mirror up to date with the adopted repository."""
+    """Bring the local mirror up to date with the adopted repository (checked again: the
+    rules may have changed since the project was adopted)."""
     assert project.origin_url is not None
-    origin = crypto.decrypt(project.origin_url, settings.encryption_secret)
     mirror = repository_path(project)
+    try:
+        origin = admission.check_repository(
+            crypto.decrypt(project.origin_url, settings.encryption_secret), settings
+        )
+    except admission.Refused as exc:
+        raise AdoptionError(f"the repository URL is refused: {exc}") from None
     if not (mirror / "HEAD").exists():
         await git.init_bare(mirror)
     try:
-        await git.git(
-            "--git-dir", str(mirror), "fetch", "--quiet", "--prune", origin,
-            "+refs/heads/*:refs/heads/*",
-        )  # fmt: skip
+        await git.fetch(
+            mirror, origin, settings.git_timeout_seconds, settings.repository_file_root is not None
+        )
     except git.GitError as exc:
-        # git repeats the URL it was given: never let credentials out with the error.
-        raise AdoptionError(str(exc).replace(origin, project.repository_url)) from None
+        raise AdoptionError(str(exc)) from None
 
 
 async def verify_repository(context: StepContext) -> dict[str, Any]:
@@ -98,21 +111,37 @@ PRIVILEGES = text(
 
 async def verify_databases(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
+    settings = context.settings
+    control_cluster = await admission.cluster_of(await context.session.connection())
     found: dict[str, Any] = {}
     for done, environment in enumerate(project.environments):
         await context.progress(100 * done / len(project.environments), environment.name)
-        url = provisioning.connection_url(environment, context.settings.encryption_secret)
-        engine = create_async_engine(url, poolclass=NullPool)
+        url = provisioning.connection_url(environment, settings.encryption_secret)
+        try:
+            await admission.check_database(make_url(url), settings)
+        except admission.Refused as exc:
+            raise AdoptionError(f"{environment.name}: {exc}") from None
+        engine = create_async_engine(
+            url, poolclass=NullPool, connect_args={"timeout": CONNECT_SECONDS}
+        )
         try:
             async with engine.connect() as conn:
+                await admission.check_connected(
+                    conn, environment.database_name, control_cluster, settings
+                )
                 await conn.execute(text("SET TRANSACTION READ ONLY"))
                 user, schema, can_create, unreadable, tables = (
                     await conn.execute(PRIVILEGES)
                 ).one()
                 await conn.rollback()
-        except (DBAPIError, OSError) as exc:
-            cause = getattr(exc, "orig", exc)
-            raise AdoptionError(f"{environment.name}: cannot connect: {cause}") from None
+        except admission.Refused as exc:
+            raise AdoptionError(f"{environment.name}: {exc}") from None
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            # One answer for closed, filtered, unknown and non-PostgreSQL hosts and bad
+            # credentials alike: the api is no port scanner. The operator's log has it all.
+            log.warning("adopted_database_unreachable", environment=environment.name,
+                        error=redaction.redact(str(getattr(exc, "orig", exc)), [url]))  # fmt: skip
+            raise AdoptionError(f"{environment.name}: {UNREACHABLE}") from None
         finally:
             await engine.dispose()
         if not can_create:

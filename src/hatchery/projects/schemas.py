@@ -1,5 +1,6 @@
 import uuid
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from pydantic import (
@@ -12,10 +13,17 @@ from pydantic import (
     model_validator,
 )
 
+from hatchery.projects.git import check_branch
 from hatchery.projects.models import ProjectStatus
 from hatchery.runs.schemas import RunOut
+from hatchery.text import VisibleText, visible
 
 SLUG_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+RevisionId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$"),
+    Field(description="An Alembic revision id, never an expression (`@`, `+`, `-`, `:`)."),
+]
 
 Slug = Annotated[
     str,
@@ -27,6 +35,13 @@ Slug = Annotated[
 EnvironmentName = Annotated[
     str, StringConstraints(min_length=1, max_length=20, pattern=SLUG_PATTERN)
 ]
+
+
+def _inside(path: str) -> str:
+    parts = PurePosixPath(path).parts
+    if path.startswith("/") or ".." in parts or "\\" in path:
+        raise ValueError("a relative path inside the repository")
+    return visible(path)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -51,15 +66,22 @@ class Adoption(BaseModel):
     repository_url: Annotated[
         str,
         StringConstraints(min_length=1, max_length=2000),
-        Field(description="Anything `git clone` accepts from the worker, file:// and local "
-              "paths included. Credentials in it are kept encrypted and never returned."),
+        Field(description="`https://...`, `ssh://...` or `user@host:path`; `file://` only "
+              "under the server's HATCHERY_REPOSITORY_FILE_ROOT. Credentials in it are kept "
+              "encrypted and never returned."),
     ]  # fmt: skip
-    branch: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "main"
-    alembic_ini: str | None = Field(
-        default=None, description="Path of alembic.ini in the repository; found when omitted."
+    branch: Annotated[
+        str, StringConstraints(min_length=1, max_length=200), AfterValidator(check_branch)
+    ] = "main"
+    alembic_ini: (
+        Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_inside)]
+        | None
+    ) = Field(
+        default=None,
+        description="Path of alembic.ini in the repository, relative; found when omitted.",
     )
     environments: Annotated[list[AdoptedEnvironment], Field(min_length=1, max_length=5)]
-    stamp: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+    stamp: RevisionId | None = Field(
         default=None,
         description="Stamp databases that have tables but no Alembic version table with "
         "this revision. Without it they are only reported.",
@@ -75,7 +97,9 @@ class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     slug: Slug
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Annotated[
+        VisibleText, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
     template: (
         Annotated[str, Field(min_length=1, max_length=100, examples=["fastapi-service"])] | None
     ) = None

@@ -11,6 +11,7 @@ from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, InvalidInput, NotFound
 from hatchery.keys.models import ApiKey
 from hatchery.projects import (
+    admission,
     adoption,
     deletion,
     initialization,
@@ -46,7 +47,7 @@ async def create_project(
             return earlier[0], earlier[1], False
     project_id = uuid.uuid4()
     if body.adopt is not None:
-        project = _adopted(settings, body, body.adopt, project_id)
+        project = await _adopted(settings, body, body.adopt, project_id)
         plan, params = adoption.PLAN, {"variant": "adopt", "stamp": body.adopt.stamp}
     else:
         project = _hatched(settings, body, project_id)
@@ -101,9 +102,13 @@ def _hatched(settings: Settings, body: ProjectCreate, project_id: uuid.UUID) -> 
     )
 
 
-def _adopted(
+async def _adopted(
     settings: Settings, body: ProjectCreate, adopt: Adoption, project_id: uuid.UUID
 ) -> Project:
+    try:
+        origin = admission.check_repository(adopt.repository_url, settings)
+    except admission.Refused as exc:
+        raise _refused(str(exc), "body.adopt.repository_url") from None
     environments = []
     for position, adopted in enumerate(adopt.environments):
         field = f"body.adopt.environments.{position}.database_url"
@@ -117,6 +122,10 @@ def _adopted(
                 errors=[FieldError(field=field, message="not a PostgreSQL URL", type="url")],
             )
         url = url.set(drivername="postgresql+asyncpg")
+        try:
+            await admission.check_database(url, settings)
+        except admission.Refused as exc:
+            raise _refused(f"Environment '{adopted.name}': {exc}", field) from None
         environments.append(
             Environment(
                 name=adopted.name,
@@ -134,13 +143,17 @@ def _adopted(
         name=body.name,
         template=None,
         status=ProjectStatus.pending,
-        repository_url=adoption.public_url(adopt.repository_url),
+        repository_url=adoption.public_url(origin),
         repository_path=str(repository_path(settings, body.slug, project_id)),
-        origin_url=crypto.encrypt(adopt.repository_url, settings.encryption_secret),
+        origin_url=crypto.encrypt(origin, settings.encryption_secret),
         branch=adopt.branch,
         alembic_ini=adopt.alembic_ini,
         environments=environments,
     )
+
+
+def _refused(detail: str, field: str) -> InvalidInput:
+    return InvalidInput(detail, errors=[FieldError(field=field, message=detail, type="refused")])
 
 
 async def _created_with(session: AsyncSession, creation_key: str) -> tuple[Project, Run] | None:
