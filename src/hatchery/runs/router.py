@@ -24,10 +24,11 @@ async def get_run(
     run_id: uuid.UUID, session: SessionDep, settings: SettingsDep, key: RunsReader
 ) -> RunOut:
     """A run with its steps, timestamps and result. A secret in the result (an initialize
-    run's deploy token) is shown on the first read only."""
+    run's deploy token) is shown once: on the first read by the key that started the run
+    (or an admin key) after it succeeded; other readers, and later reads, see its prefix."""
     run = await service.get_run(session, run_id)
     check_project(key, run.project_id)
-    run = await service.read_run(session, run_id, settings.encryption_secret)
+    run = await service.read_run(session, run_id, key, settings.encryption_secret)
     return run_out(run, run.result)
 
 

@@ -32,7 +32,8 @@ class RunOut(BaseModel):
     events_url: str = Field(description="Follow the run: `text/event-stream` (SSE).")
     result: dict[str, Any] | None = Field(
         description="What the run produced. An initialize run's deploy token appears here "
-        "once, on the first read after the run succeeds; later reads show its prefix."
+        "once, on the first read after the run succeeds by the key that started it (or an "
+        "admin); other readers and later reads see its prefix."
     )
     error: str | None
     error_code: str | None

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hatchery import crypto, db, metrics, pagination, queue
 from hatchery.errors import Conflict, NotFound
 from hatchery.events import stream
+from hatchery.keys.models import ApiKey, Scope
 from hatchery.observability import current_request_id
 from hatchery.runs import repository
 from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger, Step
@@ -115,11 +116,16 @@ def keep_secret_once(run: Run, name: str, plaintext: str, encryption_key: bytes)
     run.result = {**(run.result or {}), _ONCE: once}
 
 
-async def read_run(session: AsyncSession, run_id: uuid.UUID, encryption_key: bytes) -> Run:
-    """The run, with one-time secrets revealed in its result on the first read after it
-    succeeded, and then dropped from storage for good."""
+async def read_run(
+    session: AsyncSession, run_id: uuid.UUID, reader: ApiKey, encryption_key: bytes
+) -> Run:
+    """The run, with its one-time secrets (a deploy token) revealed in its result on the
+    first read after it succeeded by the key that started it, or an admin, and then
+    dropped from storage for good. Any other reader sees what the run says of them."""
     run = await get_run(session, run_id)
     if run.status != RunStatus.succeeded or not run.result or _ONCE not in run.result:
+        return run
+    if reader.id != run.key_id and not reader.allows(Scope.admin):
         return run
     run = await repository.get(session, run_id, for_update=True) or run
     if not run.result or _ONCE not in run.result:
