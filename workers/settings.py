@@ -9,10 +9,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from hatchery import db, metrics
+from hatchery import db, files, metrics
 from hatchery.config import Settings, get_settings
 from hatchery.observability import configure_logging
-from hatchery.queue import HEALTH_KEY, QUEUE_NAME
+from hatchery.queue import HEALTH_KEY, QUEUE_NAME, deserialize, serialize
 from hatchery.runs.service import EXECUTE_JOB
 from workers import jobs
 
@@ -20,6 +20,7 @@ from workers import jobs
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     ctx["settings"] = settings
+    files.make_private(settings.repositories_dir, settings.backups_dir)
     ctx.setdefault("stopping", asyncio.Event())  # set on SIGTERM by `hatchery worker`
     ctx["engine"] = db.create_engine(settings.require_database_url())
     ctx["sessionmaker"] = db.create_sessionmaker(ctx["engine"])
@@ -44,6 +45,8 @@ class WorkerSettings:
     ]
     queue_name = QUEUE_NAME
     health_check_key = HEALTH_KEY
+    job_serializer = staticmethod(serialize)
+    job_deserializer = staticmethod(deserialize)
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started

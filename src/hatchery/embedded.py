@@ -68,6 +68,9 @@ class EmbeddedPostgres:
         password_file = self.data_dir.parent / f".{self.data_dir.name}.pw"
         password_file.write_text(self.password)
         if os.geteuid() == 0:
+            # The cluster's user must reach its data directory: traverse, never list.
+            parent = self.data_dir.parent
+            parent.chmod(parent.stat().st_mode | 0o011)
             user = pwd.getpwnam(PG_SYSTEM_USER)
             for path in (self.data_dir, password_file):
                 os.chown(path, user.pw_uid, user.pw_gid)
@@ -146,11 +149,13 @@ class EmbeddedPostgres:
 class EmbeddedRedis:
     data_dir: Path
     port: int = field(default_factory=free_port)
+    # Even on loopback: any local user could otherwise write to the queue.
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -174,6 +179,8 @@ class EmbeddedRedis:
                 "no",
                 "--logfile",
                 str(self.data_dir / "redis.log"),
+                "--requirepass",
+                self.password,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

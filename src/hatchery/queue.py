@@ -6,6 +6,7 @@ maintenance-only upstream, so this boundary is where a replacement would go.
 
 from typing import Any
 
+import orjson
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix
 from arq.jobs import Job
@@ -15,6 +16,17 @@ QUEUE_NAME = "hatchery:queue"
 HEALTH_KEY = QUEUE_NAME + health_check_key_suffix
 
 Queue = ArqRedis
+
+
+def serialize(value: Any) -> bytes:
+    """Jobs and results as JSON, never pickle: whoever can write to Redis must not be able
+    to run code in a worker. What JSON cannot hold (a failed job's exception) is kept as
+    its repr."""
+    return orjson.dumps(value, default=repr)
+
+
+def deserialize(data: bytes) -> Any:
+    return orjson.loads(data)
 
 
 def connect(redis_url: str) -> Queue:
@@ -30,7 +42,9 @@ def connect(redis_url: str) -> Queue:
         health_check_interval=10,
         max_connections=200,
     )
-    return ArqRedis(pool, default_queue_name=QUEUE_NAME)
+    return ArqRedis(
+        pool, default_queue_name=QUEUE_NAME, job_serializer=serialize, job_deserializer=deserialize
+    )
 
 
 async def close(queue: Queue) -> None:
@@ -44,7 +58,8 @@ async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None)
 
 
 async def result(queue: Queue, job_id: str, timeout: float) -> Any:
-    return await Job(job_id, queue, _queue_name=QUEUE_NAME).result(timeout=timeout, poll_delay=0.01)
+    job = Job(job_id, queue, _queue_name=QUEUE_NAME, _deserializer=deserialize)
+    return await job.result(timeout=timeout, poll_delay=0.01)
 
 
 async def worker_alive(queue: Queue) -> bool:
