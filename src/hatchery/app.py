@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from hatchery import __doc__ as description
-from hatchery import db, invalidation, queue
+from hatchery import db, files, invalidation, queue
 from hatchery.config import Settings, get_settings
 from hatchery.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from hatchery.events.hub import EventHub
@@ -33,6 +33,7 @@ API_PREFIX = "/api/v1"
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    files.make_private(settings.repositories_dir, settings.backups_dir)
     database_url = settings.require_database_url()
     app.state.engine = db.create_engine(database_url)
     app.state.sessionmaker = db.create_sessionmaker(app.state.engine)

@@ -24,7 +24,7 @@ def _sha256(path: Path) -> str:
 async def dump(database_url: str, destination: Path) -> tuple[int, str]:
     """A custom-format dump, verified: not empty, readable by pg_restore --list. Returns
     its size and sha256."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = destination.with_suffix(".partial")
     started = time.monotonic()
     try:
@@ -36,6 +36,7 @@ async def dump(database_url: str, destination: Path) -> tuple[int, str]:
             raise BackupError("pg_dump wrote an empty file")
         await pgtools.run("pg_restore", "--list", str(partial), database_url=database_url)
         sha256 = await asyncio.to_thread(_sha256, partial)
+        partial.chmod(0o600)
         partial.rename(destination)
     except pgtools.PgToolError as exc:
         raise BackupError(str(exc)) from exc
