@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -22,6 +23,31 @@ class LockTimeout(RuntimeError):
 def lock_key(database_name: str) -> int:
     digest = hashlib.sha256(f"hatchery:migrate:{database_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+HELD = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND objsubid = 1
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND classid::bigint = (:key >> 32) & 4294967295 AND objid::bigint = :key & 4294967295
+    )
+    """
+)
+
+
+async def held(database_url: str, database_name: str) -> bool:
+    """Whether some session holds the database's migration lock right now (a migrator
+    that is alive, whatever its heartbeat says). False when the database is unreachable."""
+    engine = create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": 10})
+    try:
+        async with engine.connect() as conn:
+            return bool(await conn.scalar(HELD, {"key": lock_key(database_name)}))
+    except (OSError, TimeoutError, DBAPIError):
+        return False
+    finally:
+        await engine.dispose()
 
 
 @contextlib.asynccontextmanager

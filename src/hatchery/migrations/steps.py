@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import await_only
 
 from hatchery import db
+from hatchery.config import Settings
 from hatchery.migrations import backups, gating, history, locking, repository, runner
 from hatchery.migrations.checkout import checkout
 from hatchery.migrations.models import Backup, Direction
@@ -18,6 +19,7 @@ from hatchery.projects import adoption, git, provisioning
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import Environment, Project
 from hatchery.runs.executor import Plan, StepContext
+from hatchery.runs.models import Run
 from hatchery.schema import cache as schema_cache
 
 
@@ -49,6 +51,13 @@ async def migration_lock(context: StepContext) -> AsyncIterator[None]:
         on_wait=waiting,
     ):
         yield
+
+
+async def migrator_alive(session: AsyncSession, run: Run, settings: Settings) -> bool:
+    project = await load_project(session, run)
+    environment = next(e for e in project.environments if e.name == run.params["environment"])
+    url = provisioning.connection_url(environment, settings.encryption_secret)
+    return await locking.held(url, environment.database_name)
 
 
 def _report(context: StepContext) -> runner.OnRevision:
@@ -283,6 +292,7 @@ UPGRADE = Plan(
         ("record", record),
     ],
     exclusive=migration_lock,
+    still_working=migrator_alive,
 )
 
 DOWNGRADE = Plan(
@@ -294,9 +304,11 @@ DOWNGRADE = Plan(
         ("record", record),
     ],
     exclusive=migration_lock,
+    still_working=migrator_alive,
 )
 
 RESTORE = Plan(
     steps=[("backup", _backup), ("restore", restore), ("record", record_restore)],
     exclusive=migration_lock,
+    still_working=migrator_alive,
 )

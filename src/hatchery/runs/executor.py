@@ -71,6 +71,9 @@ class Plan:
     exclusive: Callable[[StepContext], AbstractAsyncContextManager[None]] | None = None
     # Called in the transaction that marks the run failed or cancelled.
     on_failure: FailureHook | None = None
+    # Whether a run whose heartbeat stopped is nonetheless at work (its migrator still
+    # holds the database's lock): the reaper leaves such a run alone.
+    still_working: Callable[[AsyncSession, Run, Settings], Awaitable[bool]] | None = None
 
     @property
     def step_names(self) -> list[str]:

@@ -30,6 +30,14 @@ async def reap(
             run = await repository.next_stale_running(session, stale_after)
             if run is None:
                 break
+            plan = plans(run)
+            if plan.still_working is not None and await plan.still_working(session, run, settings):
+                # A blocked event loop stops the beat, not the migration; failing the run
+                # now would let a migration commit under a run recorded as failed.
+                run.heartbeat_at = db.utcnow()
+                await db.commit(session)
+                log.warning("run_silent_but_working", run_id=str(run.id))
+                continue
             running = next((s for s in run.steps if s.status == StepStatus.running), None)
             error = f"worker_lost: no heartbeat for {settings.run_stale_after_seconds:g} s"
             if running is not None:
@@ -43,7 +51,7 @@ async def reap(
                 redis,
                 settings,
                 run,
-                plans(run),
+                plan,
                 error,
                 RunStatus.failed,
                 step=running.name if running else None,
