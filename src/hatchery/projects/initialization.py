@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import await_only
 
@@ -65,8 +66,9 @@ async def provision_databases(context: StepContext) -> dict[str, Any]:
         await context.progress(100 * done / len(project.environments), environment.name)
         password = secrets.token_urlsafe(24)
         await provisioning.provision(
-            server, environment.database_name, environment.role_name, password
-        )
+            server, environment.database_name, environment.role_name, password,
+            protected=[make_url(context.settings.require_database_url()).database or ""],
+        )  # fmt: skip
         url = provisioning.database_url(
             server, environment.database_name, environment.role_name, password
         )

@@ -1,10 +1,11 @@
 """Each environment's database and role, on the configured projects server."""
 
 import uuid
+from collections.abc import Iterable
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from hatchery import crypto
@@ -40,9 +41,13 @@ def database_url(server_url: str, database: str, role: str, password: str) -> st
     return url.render_as_string(hide_password=False)
 
 
-async def provision(server_url: str, database: str, role: str, password: str) -> None:
+async def provision(
+    server_url: str, database: str, role: str, password: str, protected: Iterable[str] = ()
+) -> None:
     """Create (or bring back in line) a login role and a database it owns. Safe to repeat:
-    an existing role gets the new password, an existing database is kept."""
+    an existing role gets the new password, an existing database is kept. Project roles
+    may connect to their own database only: not to the server's maintenance databases,
+    the one Hatchery connects to, or `protected` (the control database)."""
     engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
@@ -59,8 +64,23 @@ async def provision(server_url: str, database: str, role: str, password: str) ->
             if not db_exists:
                 await conn.execute(text(f"CREATE DATABASE {_ident(database)} OWNER {_ident(role)}"))
             await conn.execute(text(f"REVOKE ALL ON DATABASE {_ident(database)} FROM PUBLIC"))
+            await _close_maintenance_databases(conn, protected)
     finally:
         await engine.dispose()
+
+
+async def _close_maintenance_databases(conn: AsyncConnection, protected: Iterable[str]) -> None:
+    names = await conn.scalars(
+        text(
+            "SELECT datname FROM pg_database WHERE datname = ANY(:names) "
+            "AND has_database_privilege('public', oid, 'CONNECT')"
+        ),
+        {"names": sorted({"postgres", "template1", *protected})},
+    )
+    current = await conn.scalar(text("SELECT current_database()"))
+    for name in {*names, current}:
+        # Only the owner or a superuser may; for anyone else PostgreSQL warns and goes on.
+        await conn.execute(text(f"REVOKE CONNECT ON DATABASE {_ident(name)} FROM PUBLIC"))
 
 
 async def drop(server_url: str, database: str, role: str) -> None:
