@@ -104,15 +104,26 @@ async def test_a_body_that_is_not_text_is_invalid_input_of_the_body(
     ]
 
 
-async def test_a_value_postgresql_cannot_store_is_invalid_input_and_stores_nothing(
+async def test_a_name_with_a_nul_or_bidi_character_is_refused_and_stores_nothing(
     client: httpx.AsyncClient, admin_token: str
 ) -> None:
     headers = {"Authorization": f"Bearer {admin_token}"}
     before = (await client.get("/api/v1/keys", headers=headers)).json()["items"]
-    response = await client.post(
-        "/api/v1/keys", json={"name": "ci\u0000key", "scopes": ["deploy"]}, headers=headers
+    for name in ("ci\u0000key", "ci\u202ekey", "ci\u2066key", "ci\u200bkey", "ci\x1bkey"):
+        response = await client.post(
+            "/api/v1/keys", json={"name": name, "scopes": ["deploy"]}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"][0]["field"] == "body.name"
+    assert (await client.get("/api/v1/keys", headers=headers)).json()["items"] == before
+
+
+async def test_a_value_postgresql_cannot_take_is_invalid_input(
+    client: httpx.AsyncClient, admin_token: str
+) -> None:
+    response = await client.get(
+        "/api/v1/projects", params={"slug": "a\u0000b"}, headers=bearer(admin_token)
     )
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
-    assert "could not be stored" in response.json()["detail"]
-    assert (await client.get("/api/v1/keys", headers=headers)).json()["items"] == before

@@ -143,7 +143,11 @@ def keys_create(
             session, settings.key_hash_key, name=name, scopes=scope, project_id=project
         )
 
-    key, token = asyncio.run(_in_session(settings, create))
+    try:
+        key, token = asyncio.run(_in_session(settings, create))
+    except HatcheryError as exc:
+        typer.echo(f"hatchery: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"id:    {key.id}\nscopes: {' '.join(key.scopes)}\ntoken: {token}")
 
 

@@ -119,6 +119,20 @@ async def test_admin_key_cannot_be_bound_to_a_project(
     assert response.json()["errors"][0]["field"] == "body"
 
 
+async def test_a_key_bound_to_an_unknown_project_is_refused_and_not_stored(
+    client: httpx.AsyncClient, admin_token: str
+) -> None:
+    before = (await client.get("/api/v1/keys", headers=bearer(admin_token))).json()["items"]
+    response = await client.post(
+        "/api/v1/keys",
+        json={"name": "x", "scopes": ["deploy"], "project_id": str(uuid.uuid4())},
+        headers=bearer(admin_token),
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "body.project_id"
+    assert (await client.get("/api/v1/keys", headers=bearer(admin_token))).json()["items"] == before
+
+
 async def test_unknown_scope_names_the_field(client: httpx.AsyncClient, admin_token: str) -> None:
     response = await client.post(
         "/api/v1/keys", json={"name": "x", "scopes": ["root"]}, headers=bearer(admin_token)

@@ -150,9 +150,12 @@ async def test_schema_read_scope_and_project_binding_are_required(
     schema_project: Project,
     session: AsyncSession,
     settings: Settings,
+    postgres: EmbeddedPostgres,
+    schema_database: str,
 ) -> None:
     _, reader = await make_key(session, settings, Scope.projects_read)
-    _, elsewhere = await make_key(session, settings, Scope.schema_read, project_id=uuid.uuid4())
+    other = await project_on(session, settings, postgres, schema_database)
+    _, elsewhere = await make_key(session, settings, Scope.schema_read, project_id=other.id)
     _, bound = await make_key(session, settings, Scope.schema_read, project_id=schema_project.id)
     assert (await client.get(url(schema_project), headers=bearer(reader))).status_code == 403
     assert (await client.get(url(schema_project), headers=bearer(elsewhere))).status_code == 403

@@ -14,7 +14,9 @@ from redis.asyncio import Redis
 CHANNEL = "hatchery:events"
 MAX_EVENTS_PER_RUN = 100_000
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
-_EVENT_ID = re.compile(r"^\d+-\d+$")
+# Redis stream ids: two unsigned 64-bit numbers.
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_U64 = 2**64
 START = "0-0"
 
 # XADD then PUBLISH in one step, so that the live message carries the stream id that a
@@ -54,7 +56,7 @@ def parse_id(event_id: str) -> tuple[int, int]:
 
 
 def valid_id(event_id: str) -> bool:
-    return bool(_EVENT_ID.match(event_id))
+    return bool(_EVENT_ID.fullmatch(event_id)) and max(parse_id(event_id)) < _U64
 
 
 def encode(run_id: uuid.UUID | str, step: str | None, fields: dict[str, Any]) -> str:

@@ -5,12 +5,15 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from hatchery.keys.models import Scope
+from hatchery.text import VisibleText
 
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Annotated[
+        VisibleText, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
     scopes: Annotated[list[Scope], Field(min_length=1)]
     project_id: uuid.UUID | None = Field(
         default=None, description="Bind the key to one project; it is refused everywhere else."

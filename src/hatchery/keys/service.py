@@ -3,12 +3,13 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery import invalidation
 from hatchery.audit import service as audit
 from hatchery.db import after_commit, utcnow
-from hatchery.errors import NotFound, Unauthorized
+from hatchery.errors import FieldError, InvalidInput, NotFound, Unauthorized
 from hatchery.keys import repository, tokens
 from hatchery.keys.models import ApiKey, Scope
 
@@ -31,8 +32,15 @@ async def create_key(
         scopes=[str(s) for s in scopes],
         project_id=project_id,
     )
-    session.add(key)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            session.add(key)
+            await session.flush()
+    except IntegrityError:
+        raise InvalidInput(
+            f"No project with id {project_id}",
+            errors=[FieldError(field="body.project_id", message="unknown project", type="unknown")],
+        ) from None
     await session.refresh(key)
     await audit.record(
         session,

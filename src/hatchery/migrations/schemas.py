@@ -4,12 +4,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from hatchery.projects.schemas import RevisionId
+from hatchery.text import VisibleText
+
 CommitSha = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9a-fA-F]{4,64}$"),
     Field(description="A commit of the project's repository (full or abbreviated)."),
 ]
-RevisionId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class DeploymentCreate(BaseModel):
@@ -18,7 +20,7 @@ class DeploymentCreate(BaseModel):
     environment: Annotated[str, StringConstraints(min_length=1, max_length=20)]
     commit_sha: CommitSha
     deployment_id: Annotated[
-        str,
+        VisibleText,
         StringConstraints(min_length=1, max_length=200),
         Field(description="CI's id for the deployment: sending it again returns the same run."),
     ]

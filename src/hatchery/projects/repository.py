@@ -4,7 +4,7 @@ from datetime import datetime
 
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from hatchery.keys.models import ApiKey
 from hatchery.projects.models import Environment, Project, ProjectStatus
@@ -20,7 +20,9 @@ async def get_environment(
     session: AsyncSession, project_id: uuid.UUID, name: str
 ) -> Environment | None:
     return await session.scalar(
-        select(Environment).where(Environment.project_id == project_id, Environment.name == name)
+        select(Environment)
+        .where(Environment.project_id == project_id, Environment.name == name)
+        .options(joinedload(Environment.project))
     )
 
 

@@ -546,7 +546,8 @@ async def find_relation(conn: AsyncConnection, schema: str, name: str) -> int | 
         text(
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = :schema AND c.relname = :name "
-            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relname <> :version_table"
+            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relname <> :version_table "
+            f"AND {USER_SCHEMAS}"  # the system catalogs are no table of the project's
         ),
         {"schema": schema, "name": name, "version_table": VERSION_TABLE},
     )

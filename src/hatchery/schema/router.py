@@ -12,7 +12,7 @@ from hatchery.schema import service
 from hatchery.schema.catalog import PARTS
 from hatchery.schema.schemas import SchemaDocument, TableDocument, TableKind
 
-router = APIRouter(tags=["schema"], responses=error_responses(401, 403, 404, 422, 503))
+router = APIRouter(tags=["schema"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
 SchemaReader = Annotated[ApiKey, Depends(require(Scope.schema_read))]
 ENVIRONMENT = "/projects/{project_id}/environments/{environment}"

@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hatchery import crypto, invalidation
 from hatchery.config import Settings
-from hatchery.errors import FieldError, HatcheryError, InvalidInput, NotFound
+from hatchery.errors import Conflict, FieldError, HatcheryError, InvalidInput, NotFound
 from hatchery.projects import repository as projects_repository
 from hatchery.projects import service as projects
-from hatchery.projects.models import Environment
+from hatchery.projects.models import Environment, ProjectStatus
 from hatchery.schema import cache, catalog
 from hatchery.schema.connections import EnvironmentEngines
 
@@ -173,6 +173,10 @@ async def _environment(session: AsyncSession, project_id: uuid.UUID, name: str) 
         raise NotFound(f"Project '{project.slug}' has no environment '{name}'")
     if environment.database_url is None:
         raise NotFound(f"Environment '{name}' has no database yet")
+    project = environment.project
+    if project.status != ProjectStatus.active:
+        # An adopted database is read only once the worker has verified it may be.
+        raise Conflict(f"Project '{project.slug}' is {project.status}, not active")
     return environment
 
 
@@ -263,6 +267,8 @@ async def _introspect(
             exact = await checksum
         await beside.rollback()
         await conn.rollback()
+    if query.table is not None and not document["tables"]:
+        raise NotFound(f"No table {'.'.join(query.table)} in '{environment.name}'")
     content: dict[str, Any] = (
         {"table": document["tables"][0]} if query.table is not None else document
     )
