@@ -4,6 +4,7 @@ import time
 import uuid
 from typing import Any
 
+from hatchery.migrations import service as migrations_service
 from hatchery.migrations import steps as migrations
 from hatchery.projects import adoption, deletion, initialization
 from hatchery.runs import reaper
@@ -30,6 +31,23 @@ async def execute_run(ctx: dict[str, Any], run_id: str) -> None:
         ctx["sessionmaker"], ctx["redis"], ctx["settings"], plan_for, ctx["stopping"].is_set
     )
     await executor.execute(uuid.UUID(run_id))
+
+
+async def inspect_history(ctx: dict[str, Any], project_id: str, commit: str) -> dict[str, Any]:
+    async with ctx["sessionmaker"]() as session:
+        return await migrations_service.inspect_history(
+            session, ctx["redis"], ctx["settings"], uuid.UUID(project_id), commit
+        )
+
+
+async def dry_run(
+    ctx: dict[str, Any], project_id: str, environment: str, commit: str, target: str
+) -> dict[str, Any]:
+    async with ctx["sessionmaker"]() as session:
+        return await migrations_service.plan_dry_run(
+            session, ctx["redis"], ctx["settings"], uuid.UUID(project_id), environment, commit,
+            target,
+        )  # fmt: skip
 
 
 async def reap_runs(ctx: dict[str, Any]) -> int:

@@ -11,6 +11,8 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from hatchery import db, files, metrics
 from hatchery.config import Settings, get_settings
+from hatchery.migrations import workspace
+from hatchery.migrations.service import DRY_RUN_JOB, INSPECT_JOB
 from hatchery.observability import configure_logging
 from hatchery.queue import HEALTH_KEY, QUEUE_NAME, deserialize, serialize
 from hatchery.runs.service import EXECUTE_JOB
@@ -21,6 +23,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     ctx["settings"] = settings
     files.make_private(settings.repositories_dir, settings.backups_dir)
+    files.undumpable()
+    workspace.prepare(settings)
     ctx.setdefault("stopping", asyncio.Event())  # set on SIGTERM by `hatchery worker`
     ctx["engine"] = db.create_engine(settings.require_database_url())
     ctx["sessionmaker"] = db.create_sessionmaker(ctx["engine"])
@@ -42,6 +46,9 @@ class WorkerSettings:
         # A try is spent by each shutdown that cuts a run short (it runs again).
         func(jobs.execute_run, name=EXECUTE_JOB, max_tries=5),
         func(jobs.ping, timeout=10, max_tries=1),
+        # What the api asks a worker to read with a child: a commit's history, a dry run.
+        func(jobs.inspect_history, name=INSPECT_JOB, max_tries=1),
+        func(jobs.dry_run, name=DRY_RUN_JOB, max_tries=1),
     ]
     queue_name = QUEUE_NAME
     health_check_key = HEALTH_KEY

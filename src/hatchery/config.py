@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     # Where a worker serves its Prometheus metrics; off when unset.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"
-    job_timeout_seconds: int = Field(default=600, ge=1)
+    # Above HATCHERY_MIGRATION_TIMEOUT_SECONDS: arq cancels a job that outlives it.
+    job_timeout_seconds: int = Field(default=3600, ge=1)
     job_max_tries: int = Field(default=3, ge=1)
 
     readiness_timeout_seconds: float = 2.0
@@ -99,6 +100,24 @@ class Settings(BaseSettings):
     # How long a stream ticket (for EventSource, in the URL) can open connections.
     sse_ticket_seconds: int = Field(default=900, ge=10)
 
+    # A project's code (its dependency builds, its env.py and revisions) runs in a child
+    # process: as this user when Hatchery runs as root (as Hatchery's own user otherwise),
+    # with these limits, from virtualenvs and scratch directories under migrations_dir.
+    migrations_dir: Path = Path(".hatchery/migrations")
+    migration_user: str = "nobody"
+    # The Python project virtualenvs are made from; unset: Hatchery's own, or the
+    # system's when the migration user cannot run Hatchery's.
+    migration_python: Path | None = None
+    migration_timeout_seconds: float = Field(default=1800.0, gt=0)
+    migration_cpu_seconds: int = Field(default=1800, ge=1)
+    migration_memory_mb: int = Field(default=4096, ge=64)
+    migration_file_size_mb: int = Field(default=1024, ge=1)
+    venv_build_timeout_seconds: float = Field(default=900.0, gt=0)
+    # How long a request waits for a worker to read a commit's migrations (history, dry
+    # run) before answering 503 with Retry-After; the worker goes on and caches it.
+    inspection_wait_seconds: float = Field(default=60.0, gt=0)
+    # Virtualenvs kept per project (the newest ones); older ones are removed.
+    venvs_kept: int = Field(default=2, ge=1)
     migration_lock_timeout_ms: int = Field(default=5000, ge=0)
     migration_statement_timeout_ms: int = Field(default=600_000, ge=0)
     # How long a run waits for another migrator of the same database to finish.

@@ -59,6 +59,14 @@ class Conflict(HatcheryError):
     status, problem, title = 409, "conflict", "Conflict"
 
 
+class Unavailable(HatcheryError):
+    status, problem, title = 503, "unavailable", "Service unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class Unauthorized(HatcheryError):
     status, problem, title = 401, "unauthorized", "Unauthorized"
     headers = {"WWW-Authenticate": "Bearer"}

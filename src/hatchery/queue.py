@@ -58,8 +58,9 @@ async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None)
 
 
 async def result(queue: Queue, job_id: str, timeout: float) -> Any:
+    """The job's result; TimeoutError when it has none yet after `timeout` seconds."""
     job = Job(job_id, queue, _queue_name=QUEUE_NAME, _deserializer=deserialize)
-    return await job.result(timeout=timeout, poll_delay=0.01)
+    return await job.result(timeout=timeout, poll_delay=0.02)
 
 
 async def worker_alive(queue: Queue) -> bool:

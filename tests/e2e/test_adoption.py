@@ -119,7 +119,10 @@ async def test_adopted_service_is_migrated_on_deploy_and_left_alone_on_delete(
         live, live_admin_token, "own-service", repo.as_uri(),
         [("staging", staging_url), ("production", production_url)],
     )  # fmt: skip
-    steps = ["verify_repository", "verify_databases", "record_baseline", "issue_deploy_token"]
+    steps = [
+        "verify_repository", "dependencies", "verify_databases", "record_baseline",
+        "issue_deploy_token",
+    ]  # fmt: skip
     assert [s["name"] for s in created["run"]["steps"]] == [*steps, "finalize"]
     frames = await follow(live, created["run"]["id"], live_admin_token)
     assert frames[-1].data["status"] == "succeeded", [f.data for f in frames[-3:]]
@@ -211,7 +214,7 @@ async def test_wrong_inputs_fail_clearly_and_write_nothing(
             "does not appear to be a git repository",
         ),
         (bare.as_uri(), url, "verify_repository", "found none"),
-        (forked.as_uri(), url, "verify_repository", "2 heads"),
+        (forked.as_uri(), url, "verify_databases", "2 heads"),
         # One message for every connection failure: the api tells no host from another.
         (good.as_uri(), url.replace(PASSWORD, "wrong"), "verify_databases", UNREACHABLE),
         (good.as_uri(), weak_url, "verify_databases", "may not CREATE"),

@@ -64,7 +64,7 @@ async def test_deploy_script_exits_0_on_success_and_1_on_failure(
     )
     assert succeeded.returncode == 0, succeeded.stdout + succeeded.stderr
     lines = succeeded.stdout.splitlines()
-    for step in ("checkout", "preflight", "backup", "migrate", "record"):
+    for step in ("checkout", "dependencies", "preflight", "backup", "migrate", "record"):
         assert f"  {step} done" in lines, succeeded.stdout
     assert "succeeded" in lines[-1]
 
@@ -135,7 +135,7 @@ async def test_cli_deploy_wait_and_runs_watch_report_the_outcome(
     with watch.client(url, deploy_token) as api:
         assert watch.watch(api, first_run, console, timeout=30) == watch.SUCCEEDED
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # without colours
-    for step in ("checkout", "preflight", "backup", "migrate", "record"):
+    for step in ("checkout", "dependencies", "preflight", "backup", "migrate", "record"):
         assert re.search(rf"✓\s+{step}", shown), shown
     assert "  migrate done" not in shown
 

@@ -15,6 +15,7 @@ from tests.sse import follow
 STEPS = [
     "create_repository",
     "render_template",
+    "dependencies",
     "provision_databases",
     "apply_baseline",
     "issue_deploy_token",
@@ -145,5 +146,5 @@ async def test_the_request_id_reaches_the_worker_log_lines_of_the_run_it_started
     of_run = [entry for entry in logged if entry.get("run_id") == run["id"]]
     events = [entry["event"] for entry in of_run]
     assert events[0] == "run_started" and events[-1] == "run_succeeded", events
-    assert events.count("step_succeeded") == 6
+    assert events.count("step_succeeded") == len(STEPS)
     assert all(entry.get("request_id") == "trace-hatch-42" for entry in of_run), of_run

@@ -71,6 +71,7 @@ async def test_deploy_upgrades_staging_then_production_is_gated(
     assert run["kind"] == "upgrade" and run["trigger"] == "deployment"
     assert [s["name"] for s in run["steps"]] == [
         "checkout",
+        "dependencies",
         "preflight",
         "backup",
         "migrate",

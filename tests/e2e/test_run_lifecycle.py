@@ -103,6 +103,7 @@ async def test_failed_baseline_is_recorded_and_retry_resumes_at_the_failed_step(
     assert statuses == {
         "create_repository": "skipped",
         "render_template": "skipped",
+        "dependencies": "skipped",
         "provision_databases": "skipped",
         "apply_baseline": "succeeded",
         "issue_deploy_token": "succeeded",

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import shutil
 import socket
 import stat
 import subprocess
@@ -68,7 +69,9 @@ def service_repo(root: Path) -> str:
     path = root / "service"
     (path / "alembic" / "versions").mkdir(parents=True)
     (path / "alembic.ini").write_text("[alembic]\nscript_location = alembic\n")
-    (path / "alembic" / "env.py").write_text("")
+    template = Path(__file__).parents[1] / "templates" / "slow-baseline" / "template"
+    shutil.copy(template / "alembic" / "env.py", path / "alembic" / "env.py")
+    shutil.copy(template / "requirements.txt", path / "requirements.txt")
     for args in (
         ["init", "--quiet", "--initial-branch=main"],
         ["add", "--all"],

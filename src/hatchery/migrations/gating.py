@@ -1,14 +1,11 @@
 """What a migration may do to an environment, checked before anything runs."""
 
-from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.errors import Conflict, FieldError, InvalidInput
 from hatchery.migrations import repository
-from hatchery.migrations.runner import Scripts
+from hatchery.migrations.revisions import BASE, History
 from hatchery.projects.models import Environment, Project
-
-BASE = "base"
 
 
 async def check(
@@ -28,28 +25,28 @@ async def check(
         )
 
 
-def revisions_to_revert(scripts: Scripts, current: str, target: str) -> list[str]:
+def revisions_to_revert(history: History, current: str, target: str) -> list[str]:
     """The revisions a downgrade from `current` to `target` reverts, newest first; refused
     when the target is not earlier or a revision on the way cannot be undone."""
     field = "body.target_revision"
-    if target != BASE and scripts.get(target) is None:
+    resolved = BASE if target == BASE else history.resolve(target)
+    if resolved is None:
         raise InvalidInput(
             f"revision {target} is not in the history",
             errors=[FieldError(field=field, message="unknown revision", type="unknown")],
         )
-    if target == current:
+    if resolved == current:
         return []
-    try:
-        path = scripts.downgrade_path(current, None if target == BASE else target)
-    except CommandError:
+    if not history.is_ancestor(resolved, current):
         raise InvalidInput(
             f"revision {target} is not an earlier revision of {current}",
             errors=[FieldError(field=field, message="not an ancestor", type="not_ancestor")],
-        ) from None
+        )
+    path = history.downgrade_path(current, None if resolved == BASE else resolved)
     for revision in path:
-        script = scripts.get(revision)
-        if script is None or not script.downgradable:
-            where = script.path.name if script else "missing file"
+        found = history.get(revision)
+        if found is None or not found.downgradable:
+            where = found.path if found else "missing file"
             raise Conflict(
                 f"revision {revision} has no usable downgrade ({where}): restore a backup instead"
             )

@@ -6,7 +6,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.migrations.models import Direction, MigrationRecord, Outcome
-from hatchery.migrations.runner import Applied, Scripts
 from hatchery.projects.models import Environment
 from hatchery.runs.models import Run
 
@@ -16,29 +15,26 @@ def record_applied(
     environment: Environment,
     run: Run,
     applied: list[dict[str, Any]],
-    scripts: Scripts,
+    sha256s: dict[str, str],
     direction: Direction,
 ) -> None:
-    """Record revisions as a migration step reported them (`as_dicts` of its output)."""
-    for item in applied:
-        entry = Applied(**item)
-        revision = scripts.get(entry.revision)
-        started = datetime.fromtimestamp(entry.started_at, UTC)
+    """Record revisions as the child reported them landing: `revision`, `started_at`
+    (epoch seconds) and `duration_ms` each; `sha256s` the hashes of their files."""
+    for entry in applied:
+        started_at, duration_ms = float(entry["started_at"]), int(entry["duration_ms"])
         session.add(
             MigrationRecord(
                 environment_id=environment.id,
                 run_id=run.id,
                 deployment_id=run.params.get("deployment_id"),
                 key_id=run.key_id,
-                revision=entry.revision,
+                revision=entry["revision"],
                 direction=direction,
                 outcome=Outcome.succeeded,
-                sha256=revision.sha256 if revision else None,
-                started_at=started,
-                finished_at=datetime.fromtimestamp(
-                    entry.started_at + entry.duration_ms / 1000, UTC
-                ),
-                duration_ms=entry.duration_ms,
+                sha256=sha256s.get(entry["revision"]),
+                started_at=datetime.fromtimestamp(started_at, UTC),
+                finished_at=datetime.fromtimestamp(started_at + duration_ms / 1000, UTC),
+                duration_ms=duration_ms,
             )
         )
 
@@ -73,10 +69,3 @@ def record_failure(
             failing_statement=statement[:4000] if statement else None,
         )
     )
-
-
-def as_dicts(applied: list[Applied]) -> list[dict[str, Any]]:
-    return [
-        {"revision": a.revision, "started_at": a.started_at, "duration_ms": a.duration_ms}
-        for a in applied
-    ]

@@ -23,7 +23,7 @@ from hatchery.ratelimit import DeploymentsLimited
 from hatchery.runs.models import Run
 from hatchery.runs.schemas import RunOut, run_out
 
-router = APIRouter(tags=["migrations"], responses=error_responses(401, 403, 404, 422))
+router = APIRouter(tags=["migrations"], responses=error_responses(401, 403, 404, 422, 503))
 
 Deployer = Annotated[ApiKey, Depends(require(Scope.deploy, Scope.migrations_write))]
 Migrator = Annotated[ApiKey, Depends(require(Scope.migrations_write))]
@@ -55,6 +55,7 @@ async def create_deployment(
     body: DeploymentCreate,
     session: SessionDep,
     job_queue: QueueDep,
+    settings: SettingsDep,
     key: Deployer,
     _: DeploymentsLimited,
 ) -> JSONResponse:
@@ -63,7 +64,7 @@ async def create_deployment(
     nothing). The same `deployment_id` again returns the same run with 200. A later
     environment only accepts a revision its predecessor has passed (409 otherwise)."""
     check_project(key, project_id)
-    run, created = await service.deploy(session, job_queue, project_id, body, key)
+    run, created = await service.deploy(session, job_queue, settings, project_id, body, key)
     return _run_response(run, created)
 
 
@@ -89,10 +90,10 @@ async def create_migration(
     is the offline SQL of the pending revisions (200) and nothing is touched."""
     check_project(key, project_id)
     if body.dry_run:
-        plan = await service.dry_run(session, settings, project_id, environment, body)
+        plan = await service.dry_run(session, job_queue, settings, project_id, environment, body)
         return JSONResponse(plan.model_dump(mode="json"))
     run, created = await service.start_migration(
-        session, job_queue, project_id, environment, body, key, idempotency_key
+        session, job_queue, settings, project_id, environment, body, key, idempotency_key
     )
     return _run_response(run, created)
 
@@ -130,18 +131,20 @@ async def create_rollback(
     response_model=Revisions,
     name="get_revisions",
     summary="Migration history of an environment",
+    responses=error_responses(409),
 )
 async def get_revisions(
     project_id: uuid.UUID,
     environment: str,
     session: SessionDep,
+    job_queue: QueueDep,
     settings: SettingsDep,
     key: ProjectsReader,
 ) -> Revisions:
     """The revisions at the last deployed commit, with the current one, the head, what is
     pending, and when, by whom and how fast each applied one landed."""
     check_project(key, project_id)
-    return await service.revisions(session, settings, project_id, environment)
+    return await service.revisions_of(session, job_queue, settings, project_id, environment)
 
 
 @router.get(

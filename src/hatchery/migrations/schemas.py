@@ -43,12 +43,28 @@ class MigrationCreate(BaseModel):
     force: bool = False
 
 
+class Unrendered(BaseModel):
+    revision: str
+    error: str = Field(description="Why it has no offline SQL (it needs a live connection).")
+
+
 class DryRun(BaseModel):
     commit: str
     current: str | None
     target: str
     pending: list[str]
-    sql: str = Field(description="The offline SQL of the pending revisions.")
+    sql: str = Field(
+        description="The offline SQL of the pending revisions, as `alembic upgrade --sql` "
+        "prints it from the project's own env.py."
+    )
+    unrendered: list[Unrendered] = Field(
+        description="Revisions that cannot be rendered offline; the others still are."
+    )
+    not_all_or_nothing: list[str] = Field(
+        description="Pending revisions that commit part of themselves (`autocommit_block`): "
+        "the run then commits revision by revision, and a failure leaves the database at "
+        "the last one that landed."
+    )
 
 
 class RollbackCreate(BaseModel):

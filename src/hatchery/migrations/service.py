@@ -1,16 +1,20 @@
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
+from redis.asyncio import Redis
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery import queue
 from hatchery.audit import service as audit
 from hatchery.config import Settings
-from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
+from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, Unavailable
 from hatchery.keys.models import ApiKey, Scope
-from hatchery.migrations import gating, repository, runner, steps
-from hatchery.migrations.checkout import checkout
+from hatchery.migrations import execution, gating, repository, revisions, steps, workspace
 from hatchery.migrations.models import Backup, MigrationRecord
+from hatchery.migrations.revisions import History
+from hatchery.migrations.runner import ChildFailed
 from hatchery.migrations.schemas import (
     AppliedInfo,
     DeploymentCreate,
@@ -20,12 +24,16 @@ from hatchery.migrations.schemas import (
     Revisions,
     RollbackCreate,
 )
+from hatchery.migrations.venvs import EnvironmentFailed
 from hatchery.projects import git, provisioning
 from hatchery.projects import service as projects
 from hatchery.projects.initialization import repository_path
 from hatchery.projects.models import Environment, Project, ProjectStatus
 from hatchery.runs import service as runs
 from hatchery.runs.models import Run, RunKind, RunTrigger
+
+INSPECT_JOB = "inspect_history"
+DRY_RUN_JOB = "dry_run"
 
 
 async def _active_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
@@ -57,15 +65,39 @@ async def _commit(project: Project, wanted: str | None, field: str) -> str:
     return commit
 
 
-async def _target_at(project: Project, commit: str, wanted: str | None) -> str | None:
-    """The revision a migration at `commit` would reach; None when preflight must decide
-    (several heads, an unknown target): the run then fails with the reason."""
-    async with checkout(project, commit) as scripts:
-        heads = scripts.heads()
-        found = scripts.get(wanted) if wanted else None
-        if wanted:
-            return found.revision if found else None
-        return heads[0] if len(heads) == 1 else None
+async def _ask_worker(
+    job_queue: queue.Queue, settings: Settings, job: str, job_id: str, *args: str
+) -> dict[str, Any]:
+    """What a worker answers (the api runs no project code); 503 with Retry-After when
+    it takes longer than the request may wait (the worker goes on), or none is running."""
+    if not await queue.worker_alive(job_queue):
+        raise Unavailable("no worker is running to read the project's migrations", 10)
+    await queue.enqueue(job_queue, job, *args, job_id=job_id)
+    try:
+        answer: dict[str, Any] = await queue.result(
+            job_queue, job_id, timeout=settings.inspection_wait_seconds
+        )
+    except TimeoutError:
+        raise Unavailable(
+            "a worker is still reading the project's migrations (its Python environment "
+            "may be building): try again shortly"
+        ) from None
+    if "error" in answer:
+        raise Conflict(answer["error"])
+    return answer
+
+
+async def history_at(
+    job_queue: queue.Queue, settings: Settings, project: Project, commit: str
+) -> History:
+    """The revisions at `commit`, as a worker's child read them (cached by commit)."""
+    digest = revisions.site_digest(project.alembic_ini, project.migration_settings)
+    found = await revisions.recall(job_queue, str(project.id), commit, digest)
+    if found is not None:
+        return found
+    job_id = f"history:{project.id}:{commit}:{digest}"
+    answer = await _ask_worker(job_queue, settings, INSPECT_JOB, job_id, str(project.id), commit)
+    return History.from_child(answer)
 
 
 async def _gate(
@@ -93,6 +125,7 @@ async def _gate(
 async def deploy(
     session: AsyncSession,
     job_queue: queue.Queue,
+    settings: Settings,
     project_id: uuid.UUID,
     body: DeploymentCreate,
     key: ApiKey,
@@ -105,8 +138,15 @@ async def deploy(
     if existing is not None:
         return existing, False
     commit = await git.head_commit(repository_path(project), body.commit_sha)
-    # An unknown commit is not refused here: the run's checkout step fails, as CI expects.
-    target = await _target_at(project, commit, body.target_revision) if commit else None
+    # An unknown commit (or migrations a worker cannot read now) is not refused here: the
+    # run's checkout or preflight fails with the reason, as CI expects.
+    target = None
+    if commit is not None:
+        try:
+            found = await history_at(job_queue, settings, project, commit)
+            target = found.resolve(body.target_revision or revisions.HEAD)
+        except (Unavailable, Conflict):
+            target = None
     await _gate(session, project, environment, target, key, body.force)
     return await runs.create_run(
         session,
@@ -129,43 +169,44 @@ async def deploy(
 
 async def dry_run(
     session: AsyncSession,
+    job_queue: queue.Queue,
     settings: Settings,
     project_id: uuid.UUID,
     name: str,
     body: MigrationCreate,
 ) -> DryRun:
+    """The offline SQL of the pending revisions, rendered by a worker's child from the
+    project's own env.py; touches nothing."""
     project = await _active_project(session, project_id)
     environment = _environment(project, name)
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
-    url = provisioning.connection_url(environment, settings.encryption_secret)
-    current = await runner.current_revision(url)
-    async with checkout(project, commit) as scripts:
-        target = _resolve(scripts, body.target)
-        pending = scripts.upgrade_path(current, target) if current != target else []
-        sql = scripts.offline_sql(current, target) if pending else ""
-    return DryRun(commit=commit, current=current, target=target, pending=pending, sql=sql)
+    found = await history_at(job_queue, settings, project, commit)
+    target = _resolve(found, body.target)
+    job_id = f"dry-run:{uuid.uuid4()}"
+    answer = await _ask_worker(
+        job_queue, settings, DRY_RUN_JOB, job_id, str(project.id), name, commit, target
+    )
+    return DryRun.model_validate(answer)
 
 
-def _resolve(scripts: runner.Scripts, wanted: str) -> str:
-    heads = scripts.heads()
-    if wanted == "head":
-        if len(heads) != 1:
-            raise Conflict(f"the migrations have {len(heads)} heads: {', '.join(heads)}")
-        return heads[0]
-    found = scripts.get(wanted)
-    if found is None:
+def _resolve(found: History, wanted: str) -> str:
+    if wanted == revisions.HEAD and len(found.heads) != 1:
+        raise Conflict(f"the migrations have {len(found.heads)} heads: {', '.join(found.heads)}")
+    resolved = found.resolve(wanted)
+    if resolved is None:
         raise InvalidInput(
             f"revision {wanted} is not in the history",
             errors=[FieldError(field="body.target", message="unknown revision", type="unknown")],
         )
-    return found.revision
+    return resolved
 
 
 async def start_migration(
     session: AsyncSession,
     job_queue: queue.Queue,
+    settings: Settings,
     project_id: uuid.UUID,
     name: str,
     body: MigrationCreate,
@@ -177,8 +218,7 @@ async def start_migration(
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
-    async with checkout(project, commit) as scripts:
-        target = _resolve(scripts, body.target)
+    target = _resolve(await history_at(job_queue, settings, project, commit), body.target)
     await _gate(session, project, environment, target, key, body.force)
     return await _create(
         session,
@@ -213,15 +253,13 @@ async def rollback(
             {"environment": name, "backup_id": str(backup.id)}, key, idempotency_key,
         )  # fmt: skip
     assert body.target_revision is not None
-    current = await runner.current_revision(
-        provisioning.connection_url(environment, settings.encryption_secret)
-    )
+    current = await _current(environment, settings)
     if current is None:
         raise Conflict(f"Environment '{name}' has no revision to roll back from")
     commit = await _commit(project, environment.deployed_commit, "body.target_revision")
-    async with checkout(project, commit) as scripts:
-        # Refused here, before anything runs, when a revision on the way cannot be undone.
-        gating.revisions_to_revert(scripts, current, body.target_revision)
+    found = await history_at(job_queue, settings, project, commit)
+    # Refused here, before anything runs, when a revision on the way cannot be undone.
+    gating.revisions_to_revert(found, current, body.target_revision)
     return await _create(
         session, job_queue, project, RunKind.downgrade, steps.DOWNGRADE.step_names,
         {"environment": name, "target_revision": body.target_revision}, key, idempotency_key,
@@ -250,36 +288,47 @@ async def _create(
     )
 
 
-async def revisions(
-    session: AsyncSession, settings: Settings, project_id: uuid.UUID, name: str
+async def revisions_of(
+    session: AsyncSession,
+    job_queue: queue.Queue,
+    settings: Settings,
+    project_id: uuid.UUID,
+    name: str,
 ) -> Revisions:
     project = await projects.get_project(session, project_id)
+    if project.status in (ProjectStatus.deleting, ProjectStatus.deleted):
+        raise Conflict(f"Project '{project.slug}' is {project.status}")
     environment = _environment(project, name)
     commit = environment.deployed_commit or await git.head_commit(repository_path(project))
     if commit is None or environment.database_url is None:
         return Revisions(
             environment=name, commit=commit, current=None, head=None, pending=[], history=[]
         )
-    current = await runner.current_revision(
-        provisioning.connection_url(environment, settings.encryption_secret)
-    )
+    found = await history_at(job_queue, settings, project, commit)
+    current = await _current(environment, settings)
     landed = repository.applied(await repository.records(session, environment.id))
-    async with checkout(project, commit) as scripts:
-        heads = scripts.heads()
-        head = heads[0] if len(heads) == 1 else None
-        pending = scripts.upgrade_path(current, head) if head and current != head else []
-        items = [
-            RevisionOut(
-                revision=r.revision,
-                down_revisions=list(r.down_revisions),
-                message=r.message,
-                applied=_applied(landed.get(r.revision)),
-            )
-            for r in scripts.history()
-        ]
+    head = found.heads[0] if len(found.heads) == 1 else None
+    pending = found.upgrade_path(current, head) if head and current != head else []
+    items = [
+        RevisionOut(
+            revision=r.revision,
+            down_revisions=list(r.down_revisions),
+            message=r.message,
+            applied=_applied(landed.get(r.revision)),
+        )
+        for r in found.revisions
+    ]
     return Revisions(
         environment=name, commit=commit, current=current, head=head, pending=pending, history=items
     )
+
+
+async def _current(environment: Environment, settings: Settings) -> str | None:
+    url = provisioning.connection_url(environment, settings.encryption_secret)
+    try:
+        return await revisions.current(url, environment.version_table)
+    except (DBAPIError, OSError, TimeoutError):
+        raise Unavailable(f"the database of '{environment.name}' cannot be reached") from None
 
 
 def _applied(record: MigrationRecord | None) -> AppliedInfo | None:
@@ -297,3 +346,75 @@ def _applied(record: MigrationRecord | None) -> AppliedInfo | None:
 async def list_backups(session: AsyncSession, project_id: uuid.UUID, name: str) -> Sequence[Backup]:
     project = await projects.get_project(session, project_id)
     return await repository.backups(session, _environment(project, name).id)
+
+
+# Worker jobs: what the api asks a worker to read with a child.
+
+
+async def _read(
+    settings: Settings,
+    redis: Redis,
+    project: Project,
+    commit: str,
+    environment: Environment,
+    **fields: Any,
+) -> dict[str, Any]:
+    key = f"job-{uuid.uuid4()}"
+
+    async def quiet(line: str) -> None:
+        return None
+
+    try:
+        found = await execution.prepare(
+            settings, key, project, repository_path(project), commit, quiet
+        )
+        url = provisioning.connection_url(environment, settings.encryption_secret)
+        report = await execution.inspect(settings, found, url, quiet, **fields)
+        history = History.from_child(report)
+        await revisions.remember(redis, str(project.id), commit, found.digest, history)
+        return report
+    finally:
+        workspace.remove(settings, key)
+
+
+async def inspect_history(
+    session: AsyncSession, redis: Redis, settings: Settings, project_id: uuid.UUID, commit: str
+) -> dict[str, Any]:
+    project = await projects.get_project(session, project_id)
+    try:
+        report = await _read(settings, redis, project, commit, project.environments[0])
+    except (ChildFailed, EnvironmentFailed, workspace.NoAlembicConfig) as exc:
+        return {"error": f"the migrations at {commit[:12]} could not be read: {exc}"}
+    return {"heads": report["heads"], "revisions": report["revisions"]}
+
+
+async def plan_dry_run(
+    session: AsyncSession,
+    redis: Redis,
+    settings: Settings,
+    project_id: uuid.UUID,
+    name: str,
+    commit: str,
+    target: str,
+) -> dict[str, Any]:
+    project = await projects.get_project(session, project_id)
+    environment = _environment(project, name)
+    try:
+        report = await _read(
+            settings, redis, project, commit, environment, current=True, sql=True, target=target
+        )
+    except (ChildFailed, EnvironmentFailed, workspace.NoAlembicConfig) as exc:
+        return {"error": f"the dry run could not be made: {exc}"}
+    found = History.from_child(report)
+    current = report["current"][0] if report["current"] else None
+    pending = found.upgrade_path(current, target) if current != target else []
+    alone = [r.revision for r in found.revisions if r.revision in pending and not r.transactional]
+    return {
+        "commit": commit,
+        "current": current,
+        "target": target,
+        "pending": pending,
+        "sql": report.get("sql", ""),
+        "unrendered": report.get("unrendered", []),
+        "not_all_or_nothing": alone,
+    }

@@ -1,5 +1,6 @@
 """The steps of upgrade, downgrade and restore runs. The whole run holds the database's
-migration lock, so nothing changes under it between preflight and record."""
+migration lock, so nothing changes under it between preflight and record. Every Alembic
+command runs in a child process (runner.py); the steps read what it reports."""
 
 import contextlib
 import time
@@ -8,23 +9,37 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.util import await_only
 
 from hatchery import db
 from hatchery.config import Settings
-from hatchery.migrations import backups, gating, history, locking, repository, runner
-from hatchery.migrations.checkout import checkout
+from hatchery.migrations import (
+    backups,
+    execution,
+    gating,
+    history,
+    locking,
+    repository,
+    revisions,
+)
 from hatchery.migrations.models import Backup, Direction
+from hatchery.migrations.revisions import History
+from hatchery.migrations.runner import ChildFailed, Hooks
 from hatchery.projects import adoption, git, provisioning
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import Environment, Project
+from hatchery.runs import repository as runs_repository
 from hatchery.runs.executor import Plan, StepContext
-from hatchery.runs.models import Run
+from hatchery.runs.models import Run, RunStatus
 from hatchery.schema import cache as schema_cache
 
 
 class StepError(RuntimeError):
-    pass
+    """A step failed; `details` (the child's exception, statement, revision and the tail
+    of its traceback) become the failed step's output."""
+
+    def __init__(self, message: str, failure: ChildFailed | None = None) -> None:
+        super().__init__(message)
+        self.details = failure.details() if failure is not None else None
 
 
 async def environment_of(context: StepContext) -> tuple[Project, Environment]:
@@ -60,11 +75,37 @@ async def migrator_alive(session: AsyncSession, run: Run, settings: Settings) ->
     return await locking.held(url, environment.database_name)
 
 
-def _report(context: StepContext) -> runner.OnRevision:
-    def report(revision: str, index: int, total: int) -> None:
-        await_only(context.progress(100 * index / total, f"{revision} ({index}/{total})"))
+async def prepared(context: StepContext, commit: str) -> execution.Prepared:
+    """The run's checkout of `commit` and the project's environment: made by the first
+    step that asks, found again by the others."""
+    project = await load_project(context.session, context.run)
+    return await execution.prepare(
+        context.settings, str(context.run.id), project, repository_path(project), commit,
+        context.log,
+    )  # fmt: skip
 
-    return report
+
+async def still_ours(context: StepContext) -> bool:
+    """Whether the run is still this worker's to commit (the reaper may have failed it)."""
+    async with context.sessionmaker() as session:
+        run = await runs_repository.get(session, context.run.id)
+        return run is not None and run.status == RunStatus.running
+
+
+async def inspect(
+    context: StepContext, found: execution.Prepared, url: str, **fields: Any
+) -> tuple[History, dict[str, Any]]:
+    """The history at the run's commit (kept for the api too) and the child's report."""
+    try:
+        report = await execution.inspect(context.settings, found, url, context.log, **fields)
+    except ChildFailed as failure:
+        message = f"the project's migrations could not be read: {failure}"
+        raise StepError(message, failure) from None
+    inspected = History.from_child(report)
+    await revisions.remember(
+        context.redis, str(context.run.project_id), found.workspace.commit, found.digest, inspected
+    )
+    return inspected, report
 
 
 # Upgrade
@@ -78,66 +119,112 @@ async def resolve_commit(context: StepContext) -> dict[str, Any]:
     commit = await git.head_commit(repository_path(project), wanted)
     if commit is None:
         raise StepError(f"commit {wanted} is not in the project's repository")
-    async with checkout(project, commit) as scripts:
-        heads = scripts.heads()
-    return {"commit": commit, "heads": heads}
+    return {"commit": commit}
+
+
+async def prepare_environment(context: StepContext) -> dict[str, Any]:
+    """The project's own Python dependencies, built with uv (or found built)."""
+    return (await prepared(context, context.output_of("checkout")["commit"])).summary()
 
 
 async def preflight(context: StepContext) -> dict[str, Any]:
     project, environment = await environment_of(context)
     commit = context.output_of("checkout")["commit"]
-    url = database_url(context, environment)
-    async with checkout(project, commit) as scripts:
-        heads = scripts.heads()
-        if len(heads) != 1:
-            raise StepError(
-                f"the migrations at {commit[:12]} have {len(heads)} heads: {', '.join(heads)}"
-            )
-        wanted = context.run.params.get("target_revision") or heads[0]
-        found = scripts.get(wanted)
-        if found is None:
-            raise StepError(f"target revision {wanted} is not in the history at {commit[:12]}")
-        target = found.revision
-        current = await runner.current_revision(url)
-        _check_unchanged(scripts, await repository.records(context.session, environment.id), commit)
-        if not context.run.params.get("force"):
-            await gating.check(context.session, project, environment, target)
-        if (
-            current is not None
-            and current != target
-            and target in scripts.downgrade_path(current, None)
-        ):
-            raise StepError(
-                f"target {target} is behind the current revision {current}: roll back instead"
-            )
-        pending = scripts.upgrade_path(current, target) if current != target else []
-        sql = scripts.offline_sql(current, target) if pending else ""
-    context.run.result = {**(context.run.result or {}), "sql": sql, "pending": pending}
-    return {"current": current, "target": target, "pending": pending}
+    found = await prepared(context, commit)
+    wanted = context.run.params.get("target_revision") or revisions.HEAD
+    inspected, report = await inspect(
+        context, found, database_url(context, environment), current=True, sql=True, target=wanted
+    )
+    if len(inspected.heads) != 1:
+        heads = ", ".join(inspected.heads)
+        raise StepError(
+            f"the migrations at {commit[:12]} have {len(inspected.heads)} heads: {heads}"
+        )
+    target = inspected.resolve(wanted)
+    if target is None:
+        raise StepError(f"target revision {wanted} is not in the history at {commit[:12]}")
+    current = _single(report["current"])
+    _check_unchanged(inspected, await repository.records(context.session, environment.id), commit)
+    if not context.run.params.get("force"):
+        await gating.check(context.session, project, environment, target)
+    if current is not None and current != target and inspected.is_ancestor(target, current):
+        raise StepError(
+            f"target {target} is behind the current revision {current}: roll back instead"
+        )
+    pending = inspected.upgrade_path(current, target) if current != target else []
+    return _plan(context, environment, inspected, report, current, target, pending)
 
 
-def _check_unchanged(scripts: runner.Scripts, records: Any, commit: str) -> None:
+def _plan(
+    context: StepContext,
+    environment: Environment,
+    inspected: History,
+    report: dict[str, Any],
+    current: str | None,
+    target: str,
+    pending: list[str],
+) -> dict[str, Any]:
+    """What preflight found, for the steps after it and for the run's result."""
+    alone = [r for r in pending if not _revision(inspected, r).transactional]
+    environment.version_table = report.get("version_table") or environment.version_table
+    context.run.result = {
+        **(context.run.result or {}),
+        "sql": report.get("sql", ""),
+        "unrendered": report.get("unrendered", []),
+        "pending": pending,
+        "not_all_or_nothing": alone,
+    }
+    if alone:
+        names = ", ".join(alone)
+        context.run.result["plan"] = (
+            f"{names} commit part of themselves (autocommit_block): each revision commits on "
+            "its own, a failure leaves the database at the last one that landed, and the "
+            "backup is the way back"
+        )
+    return {
+        "current": current,
+        "target": target,
+        "pending": pending,
+        "per_migration": bool(alone),
+        "sha256": {r: _revision(inspected, r).sha256 for r in pending},
+        "version_table": environment.version_table,
+    }
+
+
+def _revision(inspected: History, revision: str) -> revisions.Revision:
+    found = inspected.get(revision)
+    assert found is not None
+    return found
+
+
+def _single(heads: list[str]) -> str | None:
+    if len(heads) > 1:
+        raise StepError(f"the database has several heads ({', '.join(heads)}): resolve them first")
+    return heads[0] if heads else None
+
+
+def _check_unchanged(inspected: History, records: Any, commit: str) -> None:
     for revision, record in repository.applied(records).items():
-        script = scripts.get(revision)
-        if script is None:
+        found = inspected.get(revision)
+        if found is None:
             raise StepError(f"revision {revision}, applied here, is missing at {commit[:12]}")
-        if record.sha256 and script.sha256 != record.sha256:
+        if record.sha256 and found.sha256 != record.sha256:
             raise StepError(
                 f"revision {revision} was changed after it was applied "
-                f"({script.path.name}: sha256 {script.sha256[:12]}, applied {record.sha256[:12]})"
+                f"({found.path}: sha256 {found.sha256[:12]}, applied {record.sha256[:12]})"
             )
 
 
 async def take_backup(context: StepContext) -> dict[str, Any]:
-    if not context.output_of("preflight").get("pending", True):
+    plan = context.output_of("preflight")
+    if not plan.get("pending", True):
         return {"skipped": "nothing to migrate"}
-    return await _backup(context)
+    return await _backup(context, plan.get("current"))
 
 
-async def _backup(context: StepContext) -> dict[str, Any]:
+async def _backup(context: StepContext, revision: str | None) -> dict[str, Any]:
     project, environment = await environment_of(context)
     settings = context.settings
-    revision = await runner.current_revision(database_url(context, environment))
     when = db.utcnow()
     path = backups.location(
         settings.backups_dir, str(project.id), environment.name, when, revision or "base"
@@ -179,51 +266,89 @@ async def migrate(context: StepContext) -> dict[str, Any]:
     plan = context.output_of("preflight")
     if not plan.get("pending"):
         return {"applied": []}
-    return await _migrate(context, plan["target"], Direction.upgrade)
+    return await _migrate(context, plan, Direction.upgrade)
 
 
-async def _migrate(context: StepContext, target: str, direction: Direction) -> dict[str, Any]:
-    project, environment = await environment_of(context)
-    commit = context.output_of("checkout")["commit"]
-    settings = context.settings
+async def _migrate(
+    context: StepContext, plan: dict[str, Any], direction: Direction
+) -> dict[str, Any]:
+    """Run the child; every landed revision is reported, and the worker says whether the
+    child may go on (and commit) only while the run is still its own."""
+    _, environment = await environment_of(context)
+    found = await prepared(context, context.output_of("checkout")["commit"])
+    url = database_url(context, environment)
+    applied: list[dict[str, Any]] = []
+
+    async def landed(event: dict[str, Any]) -> bool:
+        applied.append({k: event[k] for k in ("revision", "started_at", "duration_ms")})
+        done, total = event["index"], event["total"]
+        await context.progress(100 * done / max(total, 1), f"{event['revision']} ({done}/{total})")
+        return await still_ours(context)
+
+    hooks = Hooks(context.log, landed, lambda: still_ours(context))
     started = time.time()
-    async with checkout(project, commit) as scripts:
-        try:
-            applied = await runner.migrate(
-                database_url(context, environment),
-                scripts,
-                target,
-                downgrade=direction == Direction.downgrade,
-                lock_timeout_ms=settings.migration_lock_timeout_ms,
-                statement_timeout_ms=settings.migration_statement_timeout_ms,
-                on_revision=_report(context),
-            )
-        except runner.RevisionFailed as failure:
-            async with context.sessionmaker() as session:
-                failed = scripts.get(failure.revision)
-                history.record_failure(
-                    session, environment, context.run, failure.revision, direction, started,
-                    failure.error, failure.statement, failed.sha256 if failed else None,
-                )  # fmt: skip
-                await session.commit()
-            statement = f"; failing statement: {failure.statement}" if failure.statement else ""
-            raise StepError(f"{failure}{statement}") from failure
-    return {"applied": history.as_dicts(applied), "target": target}
+    try:
+        await execution.migrate(
+            context.settings, found, url, direction.value, plan["target"], hooks,
+            per_migration=plan.get("per_migration", False),
+        )  # fmt: skip
+    except ChildFailed as failure:
+        kept = applied[: len(failure.landed)] if plan.get("per_migration") else []
+        await _record_failure(context, plan, direction, failure, kept, started)
+        statement = f"; failing statement: {failure.statement}" if failure.statement else ""
+        detail = f"{failure}{statement}"
+        if kept:
+            detail += f" (the database stays at {kept[-1]['revision']}, the last that landed)"
+        raise StepError(detail, failure) from failure
+    return {"applied": applied, "target": plan["target"]}
+
+
+async def _record_failure(
+    context: StepContext,
+    plan: dict[str, Any],
+    direction: Direction,
+    failure: ChildFailed,
+    kept: list[dict[str, Any]],
+    started: float,
+) -> None:
+    """Written beside the step's own transaction, which the failure rolls back: what landed
+    (revision by revision) and what failed, and where the database now stands."""
+    async with context.sessionmaker() as session:
+        project = await load_project(session, context.run)
+        environment = next(
+            e for e in project.environments if e.name == context.run.params["environment"]
+        )
+        sha256s = plan.get("sha256", {})
+        history.record_applied(session, environment, context.run, kept, sha256s, direction)
+        if failure.revision:
+            history.record_failure(
+                session, environment, context.run, failure.revision, direction, started,
+                str(failure), failure.statement, sha256s.get(failure.revision),
+            )  # fmt: skip
+        if kept:
+            # Part of the commit's migrations landed: its history is the environment's now.
+            url = database_url(context, environment)
+            environment.revision = await revisions.current(url, environment.version_table)
+            if direction == Direction.upgrade:
+                environment.deployed_commit = context.output_of("checkout")["commit"]
+        await session.commit()
 
 
 async def record(context: StepContext) -> dict[str, Any]:
-    project, environment = await environment_of(context)
-    commit = context.output_of("checkout")["commit"]
+    _, environment = await environment_of(context)
+    plan = context.output_of("preflight")
     applied = context.output_of("migrate").get("applied", [])
     direction = Direction(context.run.kind)
-    async with checkout(project, commit) as scripts:
-        history.record_applied(
-            context.session, environment, context.run, applied, scripts, direction
-        )
-    environment.revision = await runner.current_revision(database_url(context, environment))
+    history.record_applied(
+        context.session, environment, context.run, applied, plan.get("sha256", {}), direction
+    )
+    environment.version_table = plan.get("version_table") or environment.version_table
+    environment.revision = await revisions.current(
+        database_url(context, environment), environment.version_table
+    )
     await schema_cache.invalidate(context.redis, environment.id)
     if direction == Direction.upgrade:
-        environment.deployed_commit = commit
+        environment.deployed_commit = context.output_of("checkout")["commit"]
     context.run.result = {**(context.run.result or {}), "revision": environment.revision}
     return {"revision": environment.revision, "applied": [a["revision"] for a in applied]}
 
@@ -232,25 +357,30 @@ async def record(context: StepContext) -> dict[str, Any]:
 
 
 async def downgrade_preflight(context: StepContext) -> dict[str, Any]:
-    project, environment = await environment_of(context)
+    _, environment = await environment_of(context)
     commit = context.output_of("checkout")["commit"]
-    target = context.run.params["target_revision"]
-    current = await runner.current_revision(database_url(context, environment))
-    async with checkout(project, commit) as scripts:
-        if current is None:
-            raise StepError("the database has no revision to roll back from")
-        _check_unchanged(scripts, await repository.records(context.session, environment.id), commit)
-        reverting = gating.revisions_to_revert(scripts, current, target)
-        sql = scripts.offline_sql(current, target, downgrade=True) if reverting else ""
-    context.run.result = {**(context.run.result or {}), "sql": sql, "reverting": reverting}
-    return {"current": current, "target": target, "pending": reverting}
+    wanted = context.run.params["target_revision"]
+    found = await prepared(context, commit)
+    url = database_url(context, environment)
+    inspected, report = await inspect(context, found, url, current=True)
+    current = _single(report["current"])
+    if current is None:
+        raise StepError("the database has no revision to roll back from")
+    _check_unchanged(inspected, await repository.records(context.session, environment.id), commit)
+    reverting = gating.revisions_to_revert(inspected, current, wanted)
+    target = wanted if wanted == revisions.BASE else inspected.resolve(wanted) or wanted
+    if reverting:
+        _, report = await inspect(
+            context, found, url, sql=True, start=current, target=target, direction="downgrade"
+        )
+    return _plan(context, environment, inspected, report, current, target, reverting)
 
 
 async def downgrade(context: StepContext) -> dict[str, Any]:
     plan = context.output_of("preflight")
     if not plan.get("pending"):
         return {"applied": []}
-    return await _migrate(context, plan["target"], Direction.downgrade)
+    return await _migrate(context, plan, Direction.downgrade)
 
 
 async def deployed_commit(context: StepContext) -> dict[str, Any]:
@@ -264,6 +394,12 @@ async def deployed_commit(context: StepContext) -> dict[str, Any]:
 # Restore
 
 
+async def backup_before_restore(context: StepContext) -> dict[str, Any]:
+    _, environment = await environment_of(context)
+    url = database_url(context, environment)
+    return await _backup(context, await revisions.current(url, environment.version_table))
+
+
 async def restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
     backup = await repository.get_backup(context.session, context.run.params["backup_id"])
@@ -272,12 +408,13 @@ async def restore(context: StepContext) -> dict[str, Any]:
     url = database_url(context, environment)
     await context.progress(10, f"restoring backup {backup.id} (revision {backup.revision})")
     await backups.restore(url, Path(backup.location), backup.sha256)
-    return {"backup_id": str(backup.id), "revision": await runner.current_revision(url)}
+    return {"backup_id": str(backup.id), "revision": backup.revision}
 
 
 async def record_restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
-    environment.revision = await runner.current_revision(database_url(context, environment))
+    url = database_url(context, environment)
+    environment.revision = await revisions.current(url, environment.version_table)
     await schema_cache.invalidate(context.redis, environment.id)
     context.run.result = {**(context.run.result or {}), "revision": environment.revision}
     return {"revision": environment.revision}
@@ -286,6 +423,7 @@ async def record_restore(context: StepContext) -> dict[str, Any]:
 UPGRADE = Plan(
     steps=[
         ("checkout", resolve_commit),
+        ("dependencies", prepare_environment),
         ("preflight", preflight),
         ("backup", take_backup),
         ("migrate", migrate),
@@ -298,6 +436,7 @@ UPGRADE = Plan(
 DOWNGRADE = Plan(
     steps=[
         ("checkout", deployed_commit),
+        ("dependencies", prepare_environment),
         ("preflight", downgrade_preflight),
         ("backup", take_backup),
         ("migrate", downgrade),
@@ -308,7 +447,7 @@ DOWNGRADE = Plan(
 )
 
 RESTORE = Plan(
-    steps=[("backup", _backup), ("restore", restore), ("record", record_restore)],
+    steps=[("backup", backup_before_restore), ("restore", restore), ("record", record_restore)],
     exclusive=migration_lock,
     still_working=migrator_alive,
 )

@@ -17,9 +17,11 @@ from sqlalchemy.pool import NullPool
 
 from hatchery import crypto, redaction
 from hatchery.config import Settings
-from hatchery.migrations import history, repository, runner
-from hatchery.migrations.checkout import checkout
+from hatchery.migrations import execution, history, repository, revisions, venvs, workspace
 from hatchery.migrations.models import Direction
+from hatchery.migrations.revisions import History
+from hatchery.migrations.runner import ChildFailed, Hooks
+from hatchery.migrations.sandbox import Sandbox
 from hatchery.projects import admission, deletion, git, initialization, provisioning
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import Project
@@ -70,24 +72,42 @@ async def fetch(project: Project, settings: Settings) -> None:
         raise AdoptionError(str(exc)) from None
 
 
+async def commit_of(context: StepContext, project: Project) -> str:
+    """The adopted commit: verify_repository's, or (resuming after it) its branch's head."""
+    found = context.output_of("verify_repository").get("commit")
+    commit = found or await git.head_commit(repository_path(project), project.branch or "main")
+    if commit is None:
+        raise AdoptionError(f"branch {project.branch} is not in {project.repository_url}")
+    return str(commit)
+
+
 async def verify_repository(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
     await fetch(project, context.settings)
-    commit = await git.head_commit(repository_path(project), project.branch or "main")
-    if commit is None:
-        raise AdoptionError(f"branch {project.branch} is not in {project.repository_url}")
-    async with checkout(project, commit) as scripts:
-        heads = scripts.heads()
-        if len(heads) != 1:
-            raise AdoptionError(f"the migrations have {len(heads)} heads: {', '.join(heads)}")
-        project.alembic_ini = scripts.alembic_ini_path
-        revisions = len(scripts.history())
-    return {
-        "commit": commit,
-        "alembic_ini": project.alembic_ini,
-        "head": heads[0],
-        "revisions": revisions,
-    }
+    commit = await commit_of(context, project)
+    found = await workspace.open_workspace(
+        context.settings, Sandbox.from_settings(context.settings, 0), str(context.run.id),
+        repository_path(project), commit,
+    )  # fmt: skip
+    try:
+        project.alembic_ini = workspace.find_alembic_ini(found.checkout, project.alembic_ini)
+    except workspace.NoAlembicConfig as exc:
+        raise AdoptionError(str(exc)) from None
+    return {"commit": commit, "alembic_ini": project.alembic_ini}
+
+
+async def prepared(context: StepContext) -> execution.Prepared:
+    project = await load_project(context.session, context.run)
+    commit = await commit_of(context, project)
+    return await execution.prepare(
+        context.settings, str(context.run.id), project, repository_path(project), commit,
+        context.log,
+    )  # fmt: skip
+
+
+async def prepare_environment(context: StepContext) -> dict[str, Any]:
+    """The project's own Python dependencies, built with uv (or found built)."""
+    return (await prepared(context)).summary()
 
 
 PRIVILEGES = text(
@@ -154,52 +174,93 @@ async def verify_databases(context: StepContext) -> dict[str, Any]:
                 f"{environment.name}: role {user} cannot read {', '.join(unreadable)}, "
                 "which pg_dump backups need"
             )
-        revision = await runner.current_revision(url)
-        found[environment.name] = {
-            "revision": revision,
-            "untracked_tables": tables if revision is None else 0,
-        }
+        found[environment.name] = await _baseline_of(context, project, url, tables)
     return {"environments": found}
+
+
+async def _baseline_of(
+    context: StepContext, project: Project, url: str, tables: int
+) -> dict[str, Any]:
+    """The environment's revision, read by the project's own env.py from its own version
+    table, and whether its history is one the repository has."""
+    found = await prepared(context)
+    try:
+        report = await execution.inspect(context.settings, found, url, context.log, current=True)
+    except ChildFailed as failure:
+        raise AdoptionError(f"the project's migrations could not be read: {failure}") from None
+    inspected = History.from_child(report)
+    if len(inspected.heads) != 1:
+        heads = ", ".join(inspected.heads)
+        raise AdoptionError(f"the migrations have {len(inspected.heads)} heads: {heads}")
+    await revisions.remember(
+        context.redis, str(project.id), found.workspace.commit, found.digest, inspected
+    )
+    current = report["current"][0] if report["current"] else None
+    return {
+        "revision": current,
+        "untracked_tables": tables if current is None else 0,
+        "version_table": report.get("version_table"),
+    }
 
 
 async def record_baseline(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
-    commit = context.output_of("verify_repository")["commit"]
-    found = context.output_of("verify_databases")["environments"]
+    found = await prepared(context)
+    seen = context.output_of("verify_databases").get("environments", {})
     stamp = context.run.params.get("stamp")
+    inspected = await revisions.recall(
+        context.redis, str(project.id), found.workspace.commit, found.digest
+    )
+    if inspected is None:
+        url = provisioning.connection_url(
+            project.environments[0], context.settings.encryption_secret
+        )
+        inspected = History.from_child(
+            await execution.inspect(context.settings, found, url, context.log)
+        )
+    sha256s = {r.revision: r.sha256 for r in inspected.revisions}
     recorded: dict[str, Any] = {}
-    async with checkout(project, commit) as scripts:
-        for environment in project.environments:
-            revision = found[environment.name]["revision"]
-            untracked = found[environment.name]["untracked_tables"]
-            url = provisioning.connection_url(environment, context.settings.encryption_secret)
-            if revision is None and untracked and stamp:
-                if scripts.get(stamp) is None:
-                    raise AdoptionError(f"stamp revision {stamp} is not in the history")
-                await runner.stamp(url, scripts, stamp)
-                revision = stamp
-            if revision is not None and scripts.get(revision) is None:
-                raise AdoptionError(
-                    f"{environment.name} is at revision {revision}, which the repository lacks"
+    for environment in project.environments:
+        url = provisioning.connection_url(environment, context.settings.encryption_secret)
+        state = seen.get(environment.name) or await _baseline_of(context, project, url, 0)
+        revision, untracked = state["revision"], state["untracked_tables"]
+        environment.version_table = state.get("version_table")
+        if revision is None and untracked and stamp:
+            target = inspected.resolve(stamp)
+            if target is None:
+                raise AdoptionError(f"stamp revision {stamp} is not in the history")
+            try:
+                done = await execution.migrate(
+                    context.settings, found, url, "stamp", target, Hooks(context.log)
                 )
-            applied = scripts.upgrade_path(None, revision) if revision else []
-            history.record_applied(
-                context.session, environment, context.run,
-                [{"revision": r, "started_at": 0.0, "duration_ms": 0} for r in applied],
-                scripts, Direction.upgrade,
-            )  # fmt: skip
-            environment.revision = revision
-            environment.deployed_commit = commit
-            recorded[environment.name] = {
-                "revision": revision,
-                "untracked_tables": untracked if revision is None else 0,
-            }
+            except ChildFailed as failure:
+                raise AdoptionError(f"{environment.name}: stamping failed: {failure}") from None
+            environment.version_table = done.get("version_table") or environment.version_table
+            revision = target
+        if revision is not None and inspected.get(revision) is None:
+            raise AdoptionError(
+                f"{environment.name} is at revision {revision}, which the repository lacks"
+            )
+        applied = inspected.upgrade_path(None, revision) if revision else []
+        history.record_applied(
+            context.session, environment, context.run,
+            [{"revision": r, "started_at": 0.0, "duration_ms": 0} for r in applied],
+            sha256s, Direction.upgrade,
+        )  # fmt: skip
+        environment.revision = revision
+        environment.deployed_commit = found.workspace.commit
+        recorded[environment.name] = {
+            "revision": revision,
+            "untracked_tables": untracked if revision is None else 0,
+        }
     return {"environments": recorded}
 
 
 async def remove_mirror(context: StepContext) -> dict[str, Any]:
-    path = repository_path(await load_project(context.session, context.run))
+    project = await load_project(context.session, context.run)
+    path = repository_path(project)
     await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+    await asyncio.to_thread(venvs.forget, context.settings, str(project.id))
     return {"removed": str(path), "kept": KEEPS}
 
 
@@ -223,6 +284,7 @@ async def forget(context: StepContext) -> dict[str, Any]:
 PLAN = Plan(
     steps=[
         ("verify_repository", verify_repository),
+        ("dependencies", prepare_environment),
         ("verify_databases", verify_databases),
         ("record_baseline", record_baseline),
         ("issue_deploy_token", initialization.issue_deploy_token),

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery import db, invalidation
+from hatchery.migrations import venvs
 from hatchery.projects import provisioning, repository
 from hatchery.projects.initialization import load_project, repository_path
 from hatchery.projects.models import ProjectStatus
@@ -25,8 +26,10 @@ async def drop_databases(context: StepContext) -> dict[str, Any]:
 
 
 async def remove_repository(context: StepContext) -> dict[str, Any]:
-    path = repository_path(await load_project(context.session, context.run))
+    project = await load_project(context.session, context.run)
+    path = repository_path(project)
     await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+    await asyncio.to_thread(venvs.forget, context.settings, str(project.id))
     return {"removed": str(path)}
 
 

@@ -177,5 +177,9 @@ async def export(repository: Path, commit: str, destination: Path) -> None:
         "--git-dir", str(repository), "archive", "--format=tar", commit, stdout_bytes=True
     )
     assert isinstance(archive, bytes)
+    await asyncio.to_thread(_extract, archive, destination)
+
+
+def _extract(archive: bytes, destination: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(destination, filter="data")

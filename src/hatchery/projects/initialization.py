@@ -8,18 +8,21 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.util import await_only
 
 from hatchery.keys import service as keys
 from hatchery.keys.models import Scope
-from hatchery.migrations import history, runner
-from hatchery.migrations.checkout import checkout
+from hatchery.migrations import execution, history, revisions
 from hatchery.migrations.models import Direction
+from hatchery.migrations.runner import ChildFailed, Hooks
 from hatchery.projects import git, provisioning, repository, templates
 from hatchery.projects.models import Project, ProjectStatus
 from hatchery.runs import service as runs
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run, StepStatus
+
+
+class BaselineError(RuntimeError):
+    pass
 
 
 async def load_project(session: AsyncSession, run: Run) -> Project:
@@ -76,39 +79,55 @@ async def provision_databases(context: StepContext) -> dict[str, Any]:
     return {"databases": [e.database_name for e in project.environments]}
 
 
+async def prepared(context: StepContext) -> execution.Prepared:
+    """The project's files at its first commit and its own environment, for the steps
+    that run its migrations (found again, not rebuilt, by the later ones)."""
+    project = await load_project(context.session, context.run)
+    path = repository_path(project)
+    commit = await git.head_commit(path)
+    assert commit is not None
+    return await execution.prepare(
+        context.settings, str(context.run.id), project, path, commit, context.log
+    )
+
+
+async def prepare_environment(context: StepContext) -> dict[str, Any]:
+    """The project's own Python dependencies, built with uv (or found built)."""
+    return (await prepared(context)).summary()
+
+
 async def apply_baseline(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
     settings = context.settings
-    revisions: dict[str, str | None] = {}
-    commit = await git.head_commit(repository_path(project))
-    assert commit is not None
-    async with checkout(project, commit) as scripts:
-        for environment in project.environments:
+    found = await prepared(context)
+    landed: dict[str, str | None] = {}
+    for environment in project.environments:
+        url = provisioning.connection_url(environment, settings.encryption_secret)
+        applied: list[dict[str, Any]] = []
 
-            def report(revision: str, index: int, total: int, env: str = environment.name) -> None:
-                await_only(context.progress(100 * index / total, f"{env}: applied {revision}"))
+        async def report(
+            event: dict[str, Any], env: str = environment.name, applied: list[Any] = applied
+        ) -> bool:
+            applied.append(event)
+            done, total = event["index"], max(event["total"], 1)
+            await context.progress(100 * done / total, f"{env}: applied {event['revision']}")
+            return True
 
-            url = provisioning.connection_url(environment, settings.encryption_secret)
-            applied = await runner.migrate(
-                url,
-                scripts,
-                "head",
-                lock_timeout_ms=settings.migration_lock_timeout_ms,
-                statement_timeout_ms=settings.migration_statement_timeout_ms,
-                on_revision=report,
+        try:
+            done = await execution.migrate(
+                settings, found, url, "upgrade", "head", Hooks(context.log, report)
             )
-            history.record_applied(
-                context.session,
-                environment,
-                context.run,
-                history.as_dicts(applied),
-                scripts,
-                Direction.upgrade,
-            )
-            environment.revision = await runner.current_revision(url)
-            environment.deployed_commit = commit
-            revisions[environment.name] = environment.revision
-    return {"revisions": revisions, "commit": commit}
+        except ChildFailed as failure:
+            raise BaselineError(f"{environment.name}: {failure}") from None
+        sha256s = {e["revision"]: e["sha256"] for e in applied}
+        history.record_applied(
+            context.session, environment, context.run, applied, sha256s, Direction.upgrade
+        )
+        environment.version_table = done.get("version_table")
+        environment.revision = await revisions.current(url, environment.version_table)
+        environment.deployed_commit = found.workspace.commit
+        landed[environment.name] = environment.revision
+    return {"revisions": landed, "commit": found.workspace.commit}
 
 
 async def issue_deploy_token(context: StepContext) -> dict[str, Any]:
@@ -156,6 +175,7 @@ PLAN = Plan(
     steps=[
         ("create_repository", create_repository),
         ("render_template", render_template),
+        ("dependencies", prepare_environment),
         ("provision_databases", provision_databases),
         ("apply_baseline", apply_baseline),
         ("issue_deploy_token", issue_deploy_token),

@@ -46,6 +46,8 @@ class Project(UUIDPrimaryKey, CreatedAt, Base):
     origin_url: Mapped[bytes | None]
     branch: Mapped[str | None] = mapped_column(String(200))
     alembic_ini: Mapped[str | None] = mapped_column(Text)
+    # How its migrations run (projects.schemas.MigrationSettings); defaults when None.
+    migration_settings: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     initialization_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     initialization_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
@@ -74,5 +76,7 @@ class Environment(UUIDPrimaryKey, CreatedAt, Base):
     revision: Mapped[str | None] = mapped_column(String(64))
     # The commit of the last deployment: its migrations are the environment's history.
     deployed_commit: Mapped[str | None] = mapped_column(String(64))
+    # Where the project keeps its revision (`schema.table`), as its env.py configures it.
+    version_table: Mapped[str | None] = mapped_column(String(130))
 
     project: Mapped[Project] = relationship(back_populates="environments", lazy="raise")

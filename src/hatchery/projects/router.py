@@ -19,6 +19,7 @@ from hatchery.keys.auth import (
 from hatchery.projects import service, templates
 from hatchery.projects.models import Project, ProjectStatus
 from hatchery.projects.schemas import (
+    MigrationSettingsUpdate,
     ProjectCreate,
     ProjectCreated,
     ProjectList,
@@ -161,6 +162,24 @@ async def retry_initialization(
         run_out(run).model_dump(mode="json"),
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
     )
+
+
+@router.put(
+    "/projects/{project_id}/migration-settings",
+    response_model=ProjectOut,
+    name="set_migration_settings",
+    summary="Set how a project's migrations run",
+    responses=error_responses(404, 409),
+)
+async def set_migration_settings(
+    project_id: uuid.UUID, body: MigrationSettingsUpdate, session: SessionDep, key: ProjectsWriter
+) -> ProjectOut:
+    """Where its alembic.ini is, which ini section, its env.py or Hatchery's (with a
+    version table), the Python requirements of its migrations and the variables its env.py
+    reads. Applies to the next run; retry a failed initialization to use them."""
+    check_project(key, project_id)
+    project = await service.set_migration_settings(session, project_id, body)
+    return await _with_latest_run(session, project)
 
 
 @router.get(

@@ -1,14 +1,18 @@
+import re
 import uuid
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     StringConstraints,
     model_validator,
 )
@@ -50,6 +54,70 @@ def _unique(names: list[str]) -> list[str]:
     return names
 
 
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+# Variables a child must keep as the sandbox sets them.
+_RESERVED = ("PATH", "HOME", "TMPDIR", "VIRTUAL_ENV", "LD_", "PYTHON")
+
+
+def _requirements(values: list[str] | None) -> list[str] | None:
+    for value in values or []:
+        try:
+            Requirement(value)
+        except InvalidRequirement as exc:
+            raise ValueError(f"{value!r} is not a requirement: {exc}") from None
+    return values
+
+
+def _variables(values: dict[str, str]) -> dict[str, str]:
+    for name, value in values.items():
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,63}", name) or name.startswith(_RESERVED):
+            raise ValueError(
+                f"{name!r}: an upper-case name, not PATH, HOME, TMPDIR, LD_* or PYTHON*"
+            )
+        visible(value)
+    return values
+
+
+class MigrationSettings(BaseModel):
+    """How Hatchery runs the project's Alembic migrations (always in a child process,
+    from the directory of its alembic.ini, in the project's own Python dependencies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    section: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")] = Field(
+        default="alembic", description="The ini section, as `alembic -n SECTION` names it."
+    )
+    env_py: StrictBool = Field(
+        default=True,
+        description="Run the project's env.py, as `alembic upgrade` does. False: Hatchery "
+        "drives Alembic itself, with the version table below, for an env.py that needs "
+        "services absent at migration time.",
+    )
+    version_table: Annotated[str, StringConstraints(pattern=IDENTIFIER)] = Field(
+        default="alembic_version", description="Used when `env_py` is false."
+    )
+    version_table_schema: Annotated[str, StringConstraints(pattern=IDENTIFIER)] | None = Field(
+        default=None, description="Used when `env_py` is false."
+    )
+    requirements: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=300)]] | None,
+        Field(max_length=200),
+        AfterValidator(_requirements),
+    ] = Field(
+        default=None,
+        description="Requirements (PEP 508) of the migrations' Python environment. Unset: "
+        "what the repository declares beside alembic.ini or at its root (uv.lock, "
+        "requirements*.txt, pyproject.toml, Pipfile.lock, Pipfile).",
+    )
+    variables: Annotated[dict[str, str], Field(max_length=50), AfterValidator(_variables)] = Field(
+        default_factory=dict,
+        description="Environment variables for env.py, beside DATABASE_URL and PG*: "
+        "`{host}`, `{port}`, `{user}`, `{password}`, `{database}` and `{url}` are replaced "
+        "with the environment's database (for an env.py that builds its URL from settings).",
+        examples=[{"POSTGRES_SERVER": "{host}", "POSTGRES_PASSWORD": "{password}"}],
+    )
+
+
 class AdoptedEnvironment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,6 +149,7 @@ class Adoption(BaseModel):
         description="Path of alembic.ini in the repository, relative; found when omitted.",
     )
     environments: Annotated[list[AdoptedEnvironment], Field(min_length=1, max_length=5)]
+    migrations: MigrationSettings = Field(default_factory=MigrationSettings)
     stamp: RevisionId | None = Field(
         default=None,
         description="Stamp databases that have tables but no Alembic version table with "
@@ -122,6 +191,15 @@ class ProjectCreate(BaseModel):
         return self
 
 
+class MigrationSettingsUpdate(MigrationSettings):
+    alembic_ini: (
+        Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_inside)]
+        | None
+    ) = Field(
+        default=None, description="Path of alembic.ini in the repository; found when omitted."
+    )
+
+
 class EnvironmentOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -141,6 +219,8 @@ class ProjectOut(BaseModel):
     adopted: bool
     status: ProjectStatus
     repository_url: str = Field(description="Clone URL of the project's git repository.")
+    alembic_ini: str | None = Field(description="Where its alembic.ini is in the repository.")
+    migration_settings: Annotated[MigrationSettings, BeforeValidator(lambda v: v or {})]
     environments: list[EnvironmentOut]
     initialization_summary: dict[str, Any] | None
     initialization_error: str | None

@@ -20,7 +20,7 @@ from hatchery.projects import (
     templates,
 )
 from hatchery.projects.models import Environment, Project, ProjectStatus
-from hatchery.projects.schemas import Adoption, ProjectCreate
+from hatchery.projects.schemas import Adoption, MigrationSettingsUpdate, ProjectCreate
 from hatchery.runs import repository as runs_repository
 from hatchery.runs import service as runs
 from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger
@@ -148,6 +148,7 @@ async def _adopted(
         origin_url=crypto.encrypt(origin, settings.encryption_secret),
         branch=adopt.branch,
         alembic_ini=adopt.alembic_ini,
+        migration_settings=adopt.migrations.model_dump(),
         environments=environments,
     )
 
@@ -200,6 +201,21 @@ async def list_projects(
     more = len(page) > limit
     page = page[:limit]
     return page, pagination.encode(page[-1].created_at, page[-1].id) if more else None
+
+
+async def set_migration_settings(
+    session: AsyncSession, project_id: uuid.UUID, body: MigrationSettingsUpdate
+) -> Project:
+    """How the project's migrations run from now on (a retry of a failed initialization
+    picks them up)."""
+    project = await get_project(session, project_id)
+    if project.status in (ProjectStatus.deleting, ProjectStatus.deleted):
+        raise Conflict(f"Project '{project.slug}' is {project.status}")
+    project.alembic_ini = body.alembic_ini or project.alembic_ini
+    project.migration_settings = body.model_dump(exclude={"alembic_ini"})
+    await session.flush()
+    await session.refresh(project, ["updated_at"])  # set by the database on update
+    return project
 
 
 async def retry_initialization(

@@ -101,11 +101,17 @@ class Scope:
     schemas: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     relation: int | None = None  # one table, by oid
+    # The project's own version table is its migration tool's, not its schema.
+    version_table: str = VERSION_TABLE
 
 
 def _rel_cte(scope: Scope) -> tuple[str, dict[str, Any]]:
-    where = [USER_SCHEMAS, "c.relkind IN ('r', 'p', 'v', 'm', 'f')", "c.relname <> :version_table"]
-    params: dict[str, Any] = {"version_table": VERSION_TABLE}
+    where = [
+        USER_SCHEMAS,
+        "c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        "c.oid IS DISTINCT FROM to_regclass(:version_table)",
+    ]
+    params: dict[str, Any] = {"version_table": scope.version_table}
     if scope.relation is not None:
         where.append("c.oid = :relation")
         params["relation"] = scope.relation
@@ -533,22 +539,26 @@ async def _types(conn: AsyncConnection, schema_params: dict[str, Any]) -> dict[s
     return {"enums": enums, "domains": domains}
 
 
-async def revision(conn: AsyncConnection) -> str | None:
-    """The Alembic revision the database is at, if it has a version table."""
-    if await conn.scalar(text(f"SELECT to_regclass('{VERSION_TABLE}')")) is None:
+async def revision(conn: AsyncConnection, version_table: str) -> str | None:
+    """The Alembic revision the database is at, if it has its version table."""
+    relation = await conn.scalar(text("SELECT to_regclass(:t)::text"), {"t": version_table})
+    if relation is None:
         return None
-    value = await conn.scalar(text(f"SELECT max(version_num) FROM {VERSION_TABLE}"))
+    value = await conn.scalar(text(f"SELECT max(version_num) FROM {relation}"))
     return str(value) if value is not None else None
 
 
-async def find_relation(conn: AsyncConnection, schema: str, name: str) -> int | None:
+async def find_relation(
+    conn: AsyncConnection, schema: str, name: str, version_table: str = VERSION_TABLE
+) -> int | None:
     found = await conn.scalar(
         text(
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = :schema AND c.relname = :name "
-            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relname <> :version_table "
+            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+            "AND c.oid IS DISTINCT FROM to_regclass(:version_table) "
             f"AND {USER_SCHEMAS}"  # the system catalogs are no table of the project's
         ),
-        {"schema": schema, "name": name, "version_table": VERSION_TABLE},
+        {"schema": schema, "name": name, "version_table": version_table},
     )
     return int(found) if found is not None else None

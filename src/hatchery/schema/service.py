@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from hatchery import crypto, invalidation
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, HatcheryError, InvalidInput, NotFound
+from hatchery.migrations import revisions
 from hatchery.projects import repository as projects_repository
 from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, ProjectStatus
@@ -35,6 +36,8 @@ class Query:
     kinds: tuple[str, ...] = ()
     parts: frozenset[str] = catalog.DEFAULT_PARTS
     table: tuple[str, str] | None = None
+    # The environment's version table, quoted: left out of the document, read for its revision.
+    version_table: str = catalog.VERSION_TABLE
 
     def variant(self, masking: catalog.Masking) -> str:
         described = json.dumps(
@@ -43,6 +46,7 @@ class Query:
                 self.kinds,
                 sorted(self.parts),
                 self.table,
+                self.version_table,
                 masking.patterns,
                 masking.hide,
             ]
@@ -116,8 +120,12 @@ async def read(
         environment = await _environment(session, project_id, environment_name)
         # Remembered while it has a database; deleting the project makes processes forget.
         known.environments[project_id, environment_name] = Environment(
-            id=environment.id, name=environment.name, database_url=environment.database_url
+            id=environment.id,
+            name=environment.name,
+            database_url=environment.database_url,
+            version_table=environment.version_table,
         )
+    query = replace(query, version_table=revisions.quoted_table(environment.version_table))
     assert environment.database_url is not None
     engine = state.engines.get(
         environment.id,
@@ -225,7 +233,7 @@ async def _current(
 async def _checksum(conn: AsyncConnection, query: Query) -> str:
     if query.table is None:
         return str(await conn.scalar(catalog.CHECKSUM))
-    relation = await catalog.find_relation(conn, *query.table)
+    relation = await catalog.find_relation(conn, *query.table, query.version_table)
     return str(await conn.scalar(catalog.TABLE_CHECKSUM, {"relation": relation}))
 
 
@@ -252,17 +260,19 @@ async def _introspect(
         for limit in limits:
             await beside.execute(limit)
         probe = str(await conn.scalar(catalog.PROBE))
-        scope = catalog.Scope(schemas=query.schemas, kinds=query.kinds)
+        scope = catalog.Scope(
+            schemas=query.schemas, kinds=query.kinds, version_table=query.version_table
+        )
         if query.table is not None:
-            oid = await catalog.find_relation(conn, *query.table)
+            oid = await catalog.find_relation(conn, *query.table, query.version_table)
             if oid is None:
                 schema, table = query.table
                 raise NotFound(f"No table {schema}.{table} in '{environment.name}'")
-            scope = catalog.Scope(relation=oid)
+            scope = catalog.Scope(relation=oid, version_table=query.version_table)
         checksum = asyncio.create_task(_checksum(beside, query))
         try:
             document = await catalog.introspect(conn, scope, query.parts, masking)
-            revision = await catalog.revision(conn)
+            revision = await catalog.revision(conn, query.version_table)
         finally:
             exact = await checksum
         await beside.rollback()

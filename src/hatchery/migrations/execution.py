@@ -1,0 +1,130 @@
+"""Running a project's Alembic commands for Hatchery: its files at a commit, its own
+Python environment, and a child process that runs the commands (runner.py)."""
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hatchery.config import Settings
+from hatchery.migrations import revisions, venvs, workspace
+from hatchery.migrations.runner import Hooks, LocalRunner, Runner, Site, request
+from hatchery.migrations.sandbox import Sandbox
+from hatchery.projects.models import Project
+
+Log = Callable[[str], Awaitable[None]]
+LOG_LINES = 1000
+# The application_name of a migration's connections, whoever opens them.
+MIGRATOR = "hatchery-migrator"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a child needs: the files, where the Alembic setup is, the interpreter."""
+
+    workspace: workspace.Workspace
+    site: Site
+    python: Path
+    source: str
+    built_ms: int
+    digest: str  # with the commit, the key of the history it reads
+
+    def summary(self) -> dict[str, Any]:
+        """A dependencies step's output."""
+        return {
+            "python": str(self.python),
+            "declared_in": self.source,
+            "alembic_ini": self.site.ini,
+            "duration_ms": self.built_ms,
+        }
+
+
+def site_of(project: Project, ini: str) -> Site:
+    chosen = project.migration_settings or {}
+    return Site(
+        ini=ini,
+        section=chosen.get("section", "alembic"),
+        env_py=chosen.get("env_py", True),
+        version_table=chosen.get("version_table"),
+        version_table_schema=chosen.get("version_table_schema"),
+        variables=chosen.get("variables", {}),
+    )
+
+
+def runner(settings: Settings) -> Runner:
+    """Where children run: on this machine (the one runner there is; README says how the
+    same child would run in the project's own image)."""
+    return LocalRunner(Sandbox.from_settings(settings, settings.migration_timeout_seconds))
+
+
+def capped(log: Log) -> Log:
+    """At most LOG_LINES lines of a child's output reach the event stream."""
+    count = 0
+
+    async def capped_log(line: str) -> None:
+        nonlocal count
+        count += 1
+        if count <= LOG_LINES:
+            await log(line[:2000])
+        elif count == LOG_LINES + 1:
+            await log(f"... (more than {LOG_LINES} lines: the rest is not shown)")
+
+    return capped_log
+
+
+async def prepare(
+    settings: Settings, key: str, project: Project, repository: Path, commit: str, log: Log
+) -> Prepared:
+    """The project's files at `commit` (once per key) and its environment (once per lock,
+    across runs)."""
+    building = Sandbox.from_settings(settings, settings.venv_build_timeout_seconds)
+    found = await workspace.open_workspace(settings, building, key, repository, commit)
+    ini = workspace.find_alembic_ini(found.checkout, project.alembic_ini)
+    site = site_of(project, ini)
+    requirements = (project.migration_settings or {}).get("requirements")
+    python = venvs.base_python(settings, building)
+    version = await venvs.version_of(python)
+    declared = venvs.declared(
+        found.checkout, (found.checkout / ini).parent, requirements, f"{python} {version}"
+    )
+    venvs.check_python(declared, version)
+    started = time.monotonic()
+    builder = venvs.Builder(settings, building, capped(log))
+    interpreter = await builder.ensure(str(project.id), declared, python, found.path)
+    built_ms = round((time.monotonic() - started) * 1000)
+    digest = revisions.site_digest(project.alembic_ini, project.migration_settings)
+    return Prepared(found, site, interpreter, declared.kind, built_ms, digest)
+
+
+async def inspect(
+    settings: Settings, prepared: Prepared, database_url: str, log: Log, **fields: Any
+) -> dict[str, Any]:
+    """Revisions and heads; with `current=True` the database's revision; with `sql=True`
+    and a `target`, the offline SQL from there (best effort)."""
+    asked = request("inspect", database_url, prepared.site, settings, **fields)
+    return await runner(settings).run(
+        prepared.python, prepared.workspace, prepared.site, asked, Hooks(capped(log))
+    )
+
+
+async def migrate(
+    settings: Settings,
+    prepared: Prepared,
+    database_url: str,
+    command: str,
+    target: str,
+    hooks: Hooks,
+    *,
+    per_migration: bool | None = None,
+) -> dict[str, Any]:
+    """`per_migration` None: the child decides (one transaction unless a pending revision
+    commits part of itself)."""
+    asked = request(
+        command, database_url, prepared.site, settings,
+        target=target, per_migration=per_migration, application_name=MIGRATOR,
+    )  # fmt: skip
+    hooks.on_log = capped(hooks.on_log)
+    return await runner(settings).run(
+        prepared.python, prepared.workspace, prepared.site, asked, hooks
+    )
