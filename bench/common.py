@@ -51,6 +51,7 @@ def stack(**env: str) -> Iterator[Stack]:
             redis_url=redis.url,
             repositories_dir=scratch / "repositories",
             backups_dir=scratch / "backups",
+            migrations_dir=scratch / "migrations",
         )
         db.upgrade_control_db(postgres.url())
         process_env = {
@@ -59,6 +60,7 @@ def stack(**env: str) -> Iterator[Stack]:
             "HATCHERY_REDIS_URL": redis.url,
             "HATCHERY_REPOSITORIES_DIR": str(scratch / "repositories"),
             "HATCHERY_BACKUPS_DIR": str(scratch / "backups"),
+            "HATCHERY_MIGRATIONS_DIR": str(scratch / "migrations"),
             "HATCHERY_LOG_LEVEL": "WARNING",
             # Counted as in production, but far above what a benchmark sends.
             "HATCHERY_RATE_LIMIT_PER_KEY": "10000000/minute",
