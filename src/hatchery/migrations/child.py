@@ -58,9 +58,10 @@ class Channel:
     def send(self, event: str, **fields: object) -> None:
         self.out.write(json.dumps({"event": event, **fields}, default=str) + "\n")
 
-    def ask(self, event: str, **fields: object) -> bool:
+    def ask(self, event: str, **fields: object) -> dict:
+        """Send an event and wait for the worker's answer (`continue`, and what else)."""
         self.send(event, **fields)
-        return bool(self.replies.get().get("continue"))
+        return self.replies.get()
 
 
 def die_with_parent() -> None:
@@ -313,11 +314,14 @@ class Project:
         def run_migrations(self: EnvironmentContext, **kwargs: object) -> None:
             original_run(self, **kwargs)
             final = project.context.get("migrating") and not project.context["per_migration"]
-            if final and not self.is_offline_mode() and not project.channel.ask("commit"):
+            if final and not self.is_offline_mode() and not project.may_commit():
                 raise TakenAway("the run is no longer this worker's: rolled back")
 
         EnvironmentContext.configure = configure  # type: ignore[method-assign]
         EnvironmentContext.run_migrations = run_migrations  # type: ignore[method-assign]
+
+    def may_commit(self) -> bool:
+        return bool(self.channel.ask("commit").get("continue"))
 
     def note_version_table(self, environment: object) -> None:
         context = environment.get_context()  # type: ignore[attr-defined]
@@ -373,7 +377,7 @@ class Project:
                 started_at=started,
                 duration_ms=round((now - started) * 1000),
                 sha256=self.context["files"].get(revision, {}).get("sha256"),
-            ):
+            )["continue"]:
                 raise TakenAway("the run is no longer this worker's: rolled back")
 
         return landed
@@ -439,7 +443,9 @@ class Project:
         return {"sql": "".join(parts), "unrendered": unrendered}
 
 
-def inspect(project: Project, request: dict, channel: Channel) -> None:
+def report(project: Project, request: dict) -> dict:
+    """Revisions and heads; the database's current revision, if asked; offline SQL from
+    there to the target, if asked (best effort)."""
     revisions = project.revisions()
     found: dict = {"heads": list(project.script.get_heads()), "revisions": revisions}
     if request.get("current"):
@@ -447,17 +453,30 @@ def inspect(project: Project, request: dict, channel: Channel) -> None:
     if request.get("sql") and request.get("target"):
         current = found.get("current") or []
         start = request.get("start") or (current[0] if current else None)
-        downgrade = request.get("direction") == "downgrade"
+        downgrade = request.get("direction", request["command"]) == "downgrade"
         found.update(sql="", unrendered=[])
         if project.steps(start, request["target"], downgrade):
             found.update(project.offline_sql(start, request["target"], downgrade))
     found["version_table"] = project.context.get("version_table")
-    channel.send("inspected", **found)
+    return found
+
+
+def inspect(project: Project, request: dict, channel: Channel) -> None:
+    channel.send("inspected", **report(project, request))
 
 
 def migrate(project: Project, request: dict, channel: Channel) -> None:
+    """Upgrade, downgrade or stamp. With `plan`, report first (as `inspect` would) and
+    wait: the worker checks the plan and takes its backup, then says go (with the target
+    and whether to commit revision by revision), or stop."""
     from alembic import command
 
+    if request.get("plan"):
+        answer = channel.ask("planned", **report(project, request))
+        if not answer.get("continue"):
+            channel.send("done", landed=[], version_table=None, duration_ms=0, stopped=True)
+            return
+        request = {**request, **{k: answer[k] for k in ("target", "per_migration") if k in answer}}
     # Every revision file inside the repository, before anything runs.
     project.context["files"] = {r["revision"]: r for r in project.revisions()}
     project.context.update(migrating=True, per_migration=request.get("per_migration"))

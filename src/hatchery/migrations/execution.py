@@ -1,6 +1,7 @@
 """Running a project's Alembic commands for Hatchery: its files at a commit, its own
 Python environment, and a child process that runs the commands (runner.py)."""
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 from hatchery.config import Settings
 from hatchery.migrations import revisions, venvs, workspace
-from hatchery.migrations.runner import Hooks, LocalRunner, Runner, Site, request
+from hatchery.migrations.runner import Conversation, Hooks, LocalRunner, Runner, Site, request, run
 from hatchery.migrations.sandbox import Sandbox
 from hatchery.projects.models import Project
 
@@ -103,9 +104,10 @@ async def inspect(
     """Revisions and heads; with `current=True` the database's revision; with `sql=True`
     and a `target`, the offline SQL from there (best effort)."""
     asked = request("inspect", database_url, prepared.site, settings, **fields)
-    return await runner(settings).run(
-        prepared.python, prepared.workspace, prepared.site, asked, Hooks(capped(log))
-    )
+    return await run(
+        runner(settings), prepared.python, prepared.workspace, prepared.site, asked,
+        Hooks(capped(log)),
+    )  # fmt: skip
 
 
 async def migrate(
@@ -125,6 +127,62 @@ async def migrate(
         target=target, per_migration=per_migration, application_name=MIGRATOR,
     )  # fmt: skip
     hooks.on_log = capped(hooks.on_log)
-    return await runner(settings).run(
-        prepared.python, prepared.workspace, prepared.site, asked, hooks
+    return await run(
+        runner(settings), prepared.python, prepared.workspace, prepared.site, asked, hooks
     )
+
+
+# A migration's child reports its plan in preflight, then waits (through the backup) for
+# the migrate step to say go: one child, one load of the project's code, per migration.
+_waiting: dict[str, Conversation] = {}
+
+
+async def plan(
+    settings: Settings,
+    prepared: Prepared,
+    database_url: str,
+    command: str,
+    target: str,
+    log: Log,
+    key: str,
+) -> dict[str, Any]:
+    """Start the migration's child: it reports revisions, heads, the current revision and
+    the offline SQL to `target`, and waits, kept under `key`."""
+    await release(key)
+    asked = request(
+        command, database_url, prepared.site, settings,
+        target=target, plan=True, current=True, sql=True, application_name=MIGRATOR,
+    )  # fmt: skip
+    child = await runner(settings).start(
+        prepared.python, prepared.workspace, prepared.site, asked, Hooks(capped(log))
+    )
+    planned = await child.until("planned")
+    _waiting[key] = child
+    return planned
+
+
+async def proceed(key: str, hooks: Hooks, **answer: Any) -> dict[str, Any] | None:
+    """Tell the waiting child to go; its final report (None when no child waits)."""
+    child = _waiting.pop(key, None)
+    if child is None:
+        return None
+    child.hooks = Hooks(capped(hooks.on_log), hooks.on_revision, hooks.on_commit)
+    try:
+        await child.answer(**{"continue": True, **answer})
+        done: dict[str, Any] = await child.until("done")
+        return done
+    finally:
+        await child.close()
+
+
+async def release(key: str) -> None:
+    """End a child that waits under `key`, if one does (its run ends without it)."""
+    child = _waiting.pop(key, None)
+    if child is not None:
+        await child.close()
+
+
+async def end(settings: Settings, key: str) -> None:
+    """What a run leaves behind: a waiting child, its workspace."""
+    await release(key)
+    await asyncio.to_thread(workspace.remove, settings, key)

@@ -15,7 +15,7 @@ import asyncio
 import json
 import re
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from hatchery import redaction
 from hatchery.config import Settings
-from hatchery.migrations.sandbox import Sandbox, SandboxTimeout, lines
+from hatchery.migrations.sandbox import Sandbox, kill, lines
 from hatchery.migrations.workspace import Workspace
 
 CHILD = Path(__file__).with_name("child.py")
@@ -74,10 +74,38 @@ class Hooks:
     on_commit: Callable[[], Awaitable[bool]] | None = None
 
 
+class Conversation(Protocol):
+    """A running child, and the worker's side of what it says."""
+
+    hooks: Hooks
+
+    async def until(self, *events: str) -> dict[str, Any]: ...
+
+    async def answer(self, **reply: Any) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Runner(Protocol):
-    async def run(
+    async def start(
         self, python: Path, workspace: Workspace, site: Site, request: dict[str, Any], hooks: Hooks
-    ) -> dict[str, Any]: ...
+    ) -> Conversation: ...
+
+
+async def run(
+    runner: Runner,
+    python: Path,
+    workspace: Workspace,
+    site: Site,
+    request: dict[str, Any],
+    hooks: Hooks,
+) -> dict[str, Any]:
+    """A child from start to end: its final report."""
+    child = await runner.start(python, workspace, site, request, hooks)
+    try:
+        return await child.until("inspected", "done")
+    finally:
+        await child.close()
 
 
 def request(
@@ -126,9 +154,9 @@ class LocalRunner:
 
     sandbox: Sandbox
 
-    async def run(
+    async def start(
         self, python: Path, workspace: Workspace, site: Site, request: dict[str, Any], hooks: Hooks
-    ) -> dict[str, Any]:
+    ) -> "LocalChild":
         child = workspace.path / "hatchery_child.py"  # beside HOME: the child cannot alter it
         shutil.copyfile(CHILD, child)
         child.chmod(0o644)
@@ -137,48 +165,101 @@ class LocalRunner:
             workspace.home, [str(python.parent)], {"VIRTUAL_ENV": str(python.parent.parent)}
         )
         request = {**request, "root": str(workspace.checkout)}
-        secrets = secrets_of(request)
-        tail: list[str] = []
-
-        async def log(line: str) -> None:
-            line = redaction.redact(line, secrets)
-            tail[:] = [*tail[-LOG_TAIL:], line]
-            await hooks.on_log(line)
-
         process = await self.sandbox.start([str(python), str(child)], cwd=cwd, env=env)
-        assert process.stdin and process.stdout and process.stderr
-        process.stdin.write(json.dumps(request).encode() + b"\n")
-        await process.stdin.drain()
-        outcome: dict[str, Any] | None = None
+        conversation = LocalChild(process, self.sandbox, secrets_of(request), hooks)
+        await conversation.send(request)
+        return conversation
+
+
+class LocalChild:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        sandbox: Sandbox,
+        secrets: list[str],
+        hooks: Hooks,
+    ) -> None:
+        self.process, self.secrets, self.hooks = process, secrets, hooks
+        self.tail: list[str] = []
+        self.expired = False
+        assert process.stdout and process.stderr
+        self.events = lines(process.stdout)
+        self.logs = asyncio.create_task(self._logs(lines(process.stderr)))
+        self.clock = asyncio.get_running_loop().call_later(
+            sandbox.limits.wall_seconds, self._expire
+        )
+        self.wall_seconds = sandbox.limits.wall_seconds
+
+    def _expire(self) -> None:
+        self.expired = True
+        kill(self.process)
+
+    async def _logs(self, source: AsyncIterator[str]) -> None:
+        async for line in source:
+            line = redaction.redact(line, self.secrets)
+            self.tail[:] = [*self.tail[-LOG_TAIL:], line]
+            await self.hooks.on_log(line)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def answer(self, **reply: Any) -> None:
+        await self.send(reply)
+
+    async def until(self, *events: str) -> dict[str, Any]:
+        """Read what the child says, answering its questions, until one of `events` (or
+        its failure, raised as ChildFailed)."""
         try:
-            async with self.sandbox.supervised(process):
-                logs = asyncio.create_task(_each(lines(process.stderr), log))
-                async for line in lines(process.stdout):
-                    try:
-                        event = json.loads(line)
-                    except json.JSONDecodeError:
-                        await log(line)
-                        continue
-                    reply = await _answer(event, hooks)
-                    if reply is not None:
-                        process.stdin.write(json.dumps({"continue": reply}).encode() + b"\n")
-                        await process.stdin.drain()
-                    elif event.get("event") in ("inspected", "done", "error"):
-                        outcome = event
-                await process.wait()
-                await logs
-        except SandboxTimeout as exc:
-            raise ChildFailed({"type": "Timeout", "message": f"the migration was {exc}"}) from None
-        if outcome is None:
-            message = "\n".join(tail[-10:]) or f"exit status {process.returncode}"
-            raise ChildFailed({"type": "ChildExited", "message": message})
-        if outcome["event"] == "error":
-            outcome = {
-                k: redaction.redact(v, secrets) if isinstance(v, str) else v
-                for k, v in outcome.items()
-            }
-            raise ChildFailed(outcome)
-        return outcome
+            async for line in self.events:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    await self.hooks.on_log(redaction.redact(line, self.secrets))
+                    continue
+                kind = event.get("event")
+                if kind == "error":
+                    raise ChildFailed(self._redacted(event))
+                if kind in events:
+                    found: dict[str, Any] = event
+                    return found
+                reply = await _answer(event, self.hooks)
+                if reply is not None:
+                    await self.answer(**{"continue": reply})
+        except BaseException:
+            await self.close()
+            raise
+        await self.close()
+        if self.expired:
+            raise ChildFailed(
+                {
+                    "type": "Timeout",
+                    "message": f"the migration was stopped after {self.wall_seconds:g} s "
+                    "(the wall-clock limit)",
+                }
+            )
+        message = "\n".join(self.tail[-10:]) or f"exit status {self.process.returncode}"
+        raise ChildFailed({"type": "ChildExited", "message": message})
+
+    def _redacted(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: redaction.redact(v, self.secrets) if isinstance(v, str) else v
+            for k, v in event.items()
+        }
+
+    async def close(self) -> None:
+        """End the child (and everything it started) if it still runs."""
+        self.clock.cancel()
+        if self.process.returncode is None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except TimeoutError:
+                kill(self.process)
+                await self.process.wait()
+        await asyncio.gather(self.logs, return_exceptions=True)
 
 
 async def _answer(event: dict[str, Any], hooks: Hooks) -> bool | None:
@@ -187,8 +268,3 @@ async def _answer(event: dict[str, Any], hooks: Hooks) -> bool | None:
     if event.get("event") == "commit":
         return await hooks.on_commit() if hooks.on_commit else True
     return None
-
-
-async def _each(source: Any, action: Callable[[str], Awaitable[None]]) -> None:
-    async for item in source:
-        await action(item)

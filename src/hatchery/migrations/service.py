@@ -139,9 +139,11 @@ async def deploy(
         return existing, False
     commit = await git.head_commit(repository_path(project), body.commit_sha)
     # An unknown commit (or migrations a worker cannot read now) is not refused here: the
-    # run's checkout or preflight fails with the reason, as CI expects.
+    # run's checkout or preflight fails with the reason, as CI expects. Only a later
+    # environment in promotion order is gated here, so only it needs the target now.
     target = None
-    if commit is not None:
+    gated = any(e.position < environment.position for e in project.environments)
+    if commit is not None and gated and not body.force:
         try:
             found = await history_at(job_queue, settings, project, commit)
             target = found.resolve(body.target_revision or revisions.HEAD)

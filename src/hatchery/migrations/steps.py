@@ -92,22 +92,6 @@ async def still_ours(context: StepContext) -> bool:
         return run is not None and run.status == RunStatus.running
 
 
-async def inspect(
-    context: StepContext, found: execution.Prepared, url: str, **fields: Any
-) -> tuple[History, dict[str, Any]]:
-    """The history at the run's commit (kept for the api too) and the child's report."""
-    try:
-        report = await execution.inspect(context.settings, found, url, context.log, **fields)
-    except ChildFailed as failure:
-        message = f"the project's migrations could not be read: {failure}"
-        raise StepError(message, failure) from None
-    inspected = History.from_child(report)
-    await revisions.remember(
-        context.redis, str(context.run.project_id), found.workspace.commit, found.digest, inspected
-    )
-    return inspected, report
-
-
 # Upgrade
 
 
@@ -132,8 +116,8 @@ async def preflight(context: StepContext) -> dict[str, Any]:
     commit = context.output_of("checkout")["commit"]
     found = await prepared(context, commit)
     wanted = context.run.params.get("target_revision") or revisions.HEAD
-    inspected, report = await inspect(
-        context, found, database_url(context, environment), current=True, sql=True, target=wanted
+    inspected, report = await _planned(
+        context, found, database_url(context, environment), "upgrade", wanted
     )
     if len(inspected.heads) != 1:
         heads = ", ".join(inspected.heads)
@@ -152,7 +136,28 @@ async def preflight(context: StepContext) -> dict[str, Any]:
             f"target {target} is behind the current revision {current}: roll back instead"
         )
     pending = inspected.upgrade_path(current, target) if current != target else []
+    if not pending:
+        await execution.release(str(context.run.id))
     return _plan(context, environment, inspected, report, current, target, pending)
+
+
+async def _planned(
+    context: StepContext, found: execution.Prepared, url: str, command: str, target: str
+) -> tuple[History, dict[str, Any]]:
+    """The migration's child, started: its report of the history, the current revision
+    and the offline SQL; it then waits for the migrate step."""
+    try:
+        report = await execution.plan(
+            context.settings, found, url, command, target, context.log, str(context.run.id)
+        )
+    except ChildFailed as failure:
+        message = f"the project's migrations could not be read: {failure}"
+        raise StepError(message, failure) from None
+    inspected = History.from_child(report)
+    await revisions.remember(
+        context.redis, str(context.run.project_id), found.workspace.commit, found.digest, inspected
+    )
+    return inspected, report
 
 
 def _plan(
@@ -287,11 +292,15 @@ async def _migrate(
 
     hooks = Hooks(context.log, landed, lambda: still_ours(context))
     started = time.time()
+    go = {"target": plan["target"], "per_migration": plan.get("per_migration", False)}
     try:
-        await execution.migrate(
-            context.settings, found, url, direction.value, plan["target"], hooks,
-            per_migration=plan.get("per_migration", False),
-        )  # fmt: skip
+        # The child preflight started waits for this; a new one when it is gone.
+        done = await execution.proceed(str(context.run.id), hooks, **go)
+        if done is None:
+            await execution.migrate(
+                context.settings, found, url, direction.value, plan["target"], hooks,
+                per_migration=go["per_migration"],
+            )  # fmt: skip
     except ChildFailed as failure:
         kept = applied[: len(failure.landed)] if plan.get("per_migration") else []
         await _record_failure(context, plan, direction, failure, kept, started)
@@ -362,17 +371,15 @@ async def downgrade_preflight(context: StepContext) -> dict[str, Any]:
     wanted = context.run.params["target_revision"]
     found = await prepared(context, commit)
     url = database_url(context, environment)
-    inspected, report = await inspect(context, found, url, current=True)
+    inspected, report = await _planned(context, found, url, "downgrade", wanted)
     current = _single(report["current"])
     if current is None:
         raise StepError("the database has no revision to roll back from")
     _check_unchanged(inspected, await repository.records(context.session, environment.id), commit)
     reverting = gating.revisions_to_revert(inspected, current, wanted)
     target = wanted if wanted == revisions.BASE else inspected.resolve(wanted) or wanted
-    if reverting:
-        _, report = await inspect(
-            context, found, url, sql=True, start=current, target=target, direction="downgrade"
-        )
+    if not reverting:
+        await execution.release(str(context.run.id))
     return _plan(context, environment, inspected, report, current, target, reverting)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from hatchery import db, metrics
 from hatchery.config import Settings
 from hatchery.events import stream
-from hatchery.migrations import workspace
+from hatchery.migrations import execution
 from hatchery.runs import repository
 from hatchery.runs.models import Run, RunStatus, Step, StepStatus
 
@@ -124,7 +124,7 @@ class Executor:
             raise
         finally:
             await stream.expire(self.redis, run_id, self.settings.event_retention_seconds)
-            await asyncio.to_thread(workspace.remove, self.settings, str(run_id))
+            await execution.end(self.settings, str(run_id))
             structlog.contextvars.unbind_contextvars("run_id", "request_id")
 
     async def _abandon(self, run_id: uuid.UUID, plan: Plan) -> None:
