@@ -5,6 +5,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,28 @@ from hatchery.keys import service as keys
 from hatchery.keys.models import ApiKey, Scope
 
 TEST_TEMPLATES = Path(__file__).parent / "templates"
+# The body of every (non-streamed) response the suite receives (tests/test_secrets.py).
+RESPONSES: list[str] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secrets check reads what every other test left: it runs last."""
+    items.sort(key=lambda item: item.module.__name__ == "tests.test_secrets")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_responses() -> Iterator[None]:
+    send = httpx.AsyncClient.send
+
+    async def recording(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        response = await send(self, request, **kwargs)
+        if not kwargs.get("stream"):
+            RESPONSES.append(response.text)
+        return response
+
+    httpx.AsyncClient.send = recording  # type: ignore[method-assign]
+    yield
+    httpx.AsyncClient.send = send  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     # Every route under the prefix needs a key, and so counts against the rate limits.
-    api = APIRouter(prefix=API_PREFIX, responses=error_responses(429))
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(429, 503))
     api.include_router(projects_router)
     api.include_router(runs_router)
     api.include_router(migrations_router)

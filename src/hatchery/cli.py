@@ -1,4 +1,5 @@
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -198,15 +199,20 @@ def deploy(
 ) -> None:
     """Report a deployment from CI; with --wait, follow its migration run. Exit code: 0
     succeeded (or reported, without --wait), 1 failed, 2 timed out, 3 refused."""
+    deadline = time.monotonic() + timeout
     with watch.client(url, token) as api:
         try:
-            run = watch.deploy(api, project, env, commit, deployment_id)
-        except (watch.Refused, httpx.TransportError) as exc:
+            run = watch.deploy(api, project, env, commit, deployment_id, deadline)
+        except watch.Refused as exc:
             typer.echo(f"hatchery: deployment refused: {exc}", err=True)
             raise typer.Exit(watch.REFUSED) from None
+        except (watch.Transient, httpx.TransportError) as exc:
+            typer.echo(f"hatchery: the api did not take the deployment in time: {exc}", err=True)
+            raise typer.Exit(watch.TIMED_OUT) from None
         typer.echo(f"run {run['id']}: migrating {env} to {commit}")
         if wait:
-            raise typer.Exit(watch.watch(api, run["id"], Console(soft_wrap=True), timeout))
+            left = max(1.0, deadline - time.monotonic())
+            raise typer.Exit(watch.watch(api, run["id"], Console(soft_wrap=True), left))
 
 
 @runs_app.command("watch")

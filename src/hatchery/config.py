@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     run_heartbeat_seconds: float = Field(default=2.0, gt=0)
     run_stale_after_seconds: float = Field(default=30.0, gt=0)
     reaper_interval_seconds: int = Field(default=10, ge=1, le=60)
+    # How long a worker keeps trying to record a run's progress while the control
+    # database is unreachable (a restart, a failover) before giving the run up.
+    control_database_wait_seconds: float = Field(default=300.0, gt=0)
     event_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     sse_retry_ms: int = Field(default=3000, ge=0)

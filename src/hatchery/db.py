@@ -10,6 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, Enum, MetaData, func, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -64,6 +65,18 @@ def create_engine(database_url: str, **kwargs: object) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# Connection failure (class 08), and a server shutting down or starting (57P01-57P03).
+UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database could not be reached (rather than refused)."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        return exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATES)
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 AfterCommit = Callable[[], Awaitable[object]]

@@ -90,10 +90,7 @@ class EmbeddedPostgres:
             )
         finally:
             password_file.unlink()
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
+        options = self._options()
         self._db_command(
             pg_binary("pg_ctl"),
             "start",
@@ -123,6 +120,21 @@ class EmbeddedPostgres:
         if result.returncode != 0:
             raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
+
+    def restart(self, downtime: float = 0.0) -> None:
+        """Stop the server and start it again on the same data and port."""
+        self.stop()
+        time.sleep(downtime)
+        self._db_command(
+            pg_binary("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir),
+            "-l", str(self.log_file), "-o", self._options(),
+        )  # fmt: skip
+
+    def _options(self) -> str:
+        return (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
 
     def postmaster_pid(self) -> int | None:
         pid_file = self.data_dir / "postmaster.pid"

@@ -4,16 +4,21 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hatchery import db
 from hatchery.observability import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = structlog.get_logger("hatchery.http")
 PROBLEM_TYPE_BASE = "https://hatchery.dev/problems/"
 
 
@@ -153,11 +158,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, detail=detail, headers=headers)
 
 
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL or Redis cannot be reached: nothing was done, try again shortly."""
+    log.warning("dependency_unavailable", error=type(exc).__name__, path=request.url.path)
+    return problem_response(
+        request, 503, problem="unavailable", title="Service unavailable",
+        detail="A service Hatchery needs (its database or Redis) cannot be reached now: "
+        "nothing was done; try again shortly",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """PostgreSQL refused a value it cannot store (SQLSTATE class 22: a NUL character,
     an over-long string): bad input, whatever route let it through; the request's
-    transaction is rolled back. Any other database error stays a 500."""
+    transaction is rolled back. A lost or refused connection is a 503. Any other
+    database error stays a 500."""
     assert isinstance(exc, DBAPIError)
+    if db.unavailable(exc):
+        return await _unavailable(request, exc)
     if not str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
         raise exc
     reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
@@ -170,6 +189,8 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HatcheryError, _hatchery_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    for lost in (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError):
+        app.add_exception_handler(lost, _unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 

@@ -52,3 +52,28 @@ async def run(tool: str, *args: str, database_url: str) -> str:
         message = err.decode(errors="replace").strip().splitlines()
         raise PgToolError(f"{tool} failed: {message[-1] if message else process.returncode}")
     return out.decode(errors="replace")
+
+
+async def pipe(first: list[str], second: list[str], *, database_url: str) -> None:
+    """`first | second`, both PostgreSQL tools; fails with the first error either says."""
+    env = libpq_environment(database_url)
+    reader, writer = os.pipe()
+    try:
+        producer = await asyncio.create_subprocess_exec(
+            pg_binary(first[0]), *first[1:], env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=writer, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        consumer = await asyncio.create_subprocess_exec(
+            pg_binary(second[0]), *second[1:], env=env, stdin=reader,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(reader)
+        os.close(writer)
+    (_, produced), (_, consumed) = await asyncio.gather(
+        producer.communicate(), consumer.communicate()
+    )
+    for tool, process, err in ((second[0], consumer, consumed), (first[0], producer, produced)):
+        if process.returncode != 0:
+            message = err.decode(errors="replace").strip().splitlines()
+            raise PgToolError(f"{tool} failed: {message[-1] if message else process.returncode}")

@@ -9,8 +9,9 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
@@ -19,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 SUCCEEDED, FAILED, TIMED_OUT, REFUSED = 0, 1, 2, 3
+T = TypeVar("T")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MARKS = {
     "pending": "[dim]·[/]",
@@ -31,6 +33,14 @@ _MARKS = {
 
 class Refused(Exception):
     """The api said no; the message is its problem detail."""
+
+
+class Transient(Exception):
+    """The api could not answer now (5xx, 429, a dropped connection): try again."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def client(url: str, token: str) -> httpx.Client:
@@ -48,7 +58,26 @@ def _checked(response: httpx.Response) -> Any:
         detail = response.json().get("detail") or response.reason_phrase
     except ValueError:
         detail = response.reason_phrase
-    raise Refused(f"{response.status_code}: {detail}")
+    message = f"{response.status_code}: {detail}"
+    if response.status_code == 429 or response.status_code >= 500:
+        retry_after = response.headers.get("Retry-After", "")
+        raise Transient(message, float(retry_after) if retry_after.isdigit() else None)
+    raise Refused(message)
+
+
+def persistently(action: Callable[[], T], deadline: float) -> T:
+    """`action`, tried again after transient failures (with back-off, or as long as the
+    api's Retry-After says) until `deadline`; a refusal is final at once."""
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except (Transient, httpx.TransportError) as exc:
+            wait = getattr(exc, "retry_after", None) or delay
+            if time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
+            delay = min(delay * 2, 10.0)
 
 
 def project_id(api: httpx.Client, project: str) -> str:
@@ -62,11 +91,18 @@ def project_id(api: httpx.Client, project: str) -> str:
 
 
 def deploy(
-    api: httpx.Client, project: str, environment: str, commit: str, deployment_id: str
+    api: httpx.Client,
+    project: str,
+    environment: str,
+    commit: str,
+    deployment_id: str,
+    deadline: float,
 ) -> dict[str, Any]:
+    """Report the deployment; sending it again is safe (it is idempotent on its id)."""
     body = {"environment": environment, "commit_sha": commit, "deployment_id": deployment_id}
-    run: dict[str, Any] = _checked(
-        api.post(f"/projects/{project_id(api, project)}/deployments", json=body)
+    found = persistently(lambda: project_id(api, project), deadline)
+    run: dict[str, Any] = persistently(
+        lambda: _checked(api.post(f"/projects/{found}/deployments", json=body)), deadline
     )
     return run
 
@@ -84,15 +120,16 @@ class _Progress:
 
 
 def watch(api: httpx.Client, run_id: str, console: Console, timeout: float) -> int:
-    """Follow a run to its end, resuming after the last event seen if the connection
-    drops; the exit code of its outcome."""
+    """Follow a run to its end, resuming after the last event seen if the connection drops
+    or the api cannot answer for a while; the exit code of its outcome."""
     deadline = time.monotonic() + timeout
-    progress, last_id = _Progress(), ""
+    progress, last_id, delay = _Progress(), "", 0.5
     live = Live(progress.table(f"run {run_id}"), console=console, auto_refresh=False)
     with live if console.is_terminal else contextlib.nullcontext():
         while time.monotonic() < deadline:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             remaining = httpx.Timeout(30, read=min(60.0, max(1.0, deadline - time.monotonic())))
+            wait = delay
             try:
                 with connect_sse(
                     api, "GET", f"/runs/{run_id}/events", headers=headers, timeout=remaining
@@ -101,15 +138,18 @@ def watch(api: httpx.Client, run_id: str, console: Console, timeout: float) -> i
                         source.response.read()
                         _checked(source.response)
                     for event in source.iter_sse():
-                        last_id = event.id or last_id
+                        last_id, delay = event.id or last_id, 0.5
                         outcome = _show(event, progress, console)
                         if console.is_terminal:
                             live.update(progress.table(f"run {run_id}"), refresh=True)
                         if outcome is not None:
                             return outcome
-            except httpx.TransportError:
-                pass  # dropped or timed out: resume after the last event
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            except Transient as exc:  # the api is unwell for now: back off, resume
+                wait = exc.retry_after or delay
+                delay = min(delay * 2, 10.0)
+            except httpx.TransportError:  # dropped or timed out: resume after the last event
+                delay = min(delay * 2, 10.0)
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
     console.print(f"run {run_id} did not finish within {timeout:g}s")
     return TIMED_OUT
 

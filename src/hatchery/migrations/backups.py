@@ -47,25 +47,51 @@ async def dump(database_url: str, destination: Path) -> tuple[int, str]:
     return size, sha256
 
 
+# Everything the database holds that its role may drop goes first, in the transaction
+# that then loads the dump: nothing made after the backup survives a restore, and a
+# failure leaves the database as it was.
+EMPTY = """
+DO $hatchery$
+DECLARE found record;
+BEGIN
+  FOR found IN
+    SELECT nspname FROM pg_namespace
+    WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+      AND pg_has_role(nspowner, 'USAGE')
+  LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', found.nspname);
+  END LOOP;
+  FOR found IN
+    SELECT format('%I.%I', n.nspname, c.relname) AS name,
+           CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                          WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                          ELSE 'TABLE' END AS kind
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND pg_has_role(c.relowner, 'USAGE')
+      AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  LOOP
+    EXECUTE format('DROP %s IF EXISTS %s CASCADE', found.kind, found.name);
+  END LOOP;
+END
+$hatchery$;
+CREATE SCHEMA IF NOT EXISTS public;
+"""
+
+
 async def restore(database_url: str, source: Path, expected_sha256: str) -> None:
-    """Replace the database's contents with the dump's, in one transaction."""
+    """Make the database exactly what the dump holds, in one transaction."""
     if not source.exists():
         raise BackupError(f"backup file {source.name} is missing")
     if await asyncio.to_thread(_sha256, source) != expected_sha256:
         raise BackupError(f"backup file {source.name} does not match its recorded sha256")
     try:
-        await pgtools.run(
-            "pg_restore",
-            "--clean",
-            "--if-exists",
-            "--single-transaction",
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            f"--dbname={pgtools.libpq_environment(database_url)['PGDATABASE']}",
-            str(source),
+        await pgtools.pipe(
+            ["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(source)],
+            ["psql", "--no-psqlrc", "--quiet", "--single-transaction", "-v", "ON_ERROR_STOP=1",
+             "-c", EMPTY, "-f", "-"],
             database_url=database_url,
-        )
+        )  # fmt: skip
     except pgtools.PgToolError as exc:
         raise BackupError(str(exc)) from exc
 

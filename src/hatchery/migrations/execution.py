@@ -16,8 +16,6 @@ from hatchery.projects.models import Project
 
 Log = Callable[[str], Awaitable[None]]
 LOG_LINES = 1000
-# The application_name of a migration's connections, whoever opens them.
-MIGRATOR = "hatchery-migrator"
 
 
 @dataclass(frozen=True)
@@ -118,13 +116,15 @@ async def migrate(
     target: str,
     hooks: Hooks,
     *,
+    migrator: str,
     per_migration: bool | None = None,
 ) -> dict[str, Any]:
     """`per_migration` None: the child decides (one transaction unless a pending revision
-    commits part of itself)."""
+    commits part of itself). `migrator` names every connection it opens (the lock's
+    holder ends a dead migrator's leftovers by that name)."""
     asked = request(
         command, database_url, prepared.site, settings,
-        target=target, per_migration=per_migration, application_name=MIGRATOR,
+        target=target, per_migration=per_migration, application_name=migrator,
     )  # fmt: skip
     hooks.on_log = capped(hooks.on_log)
     return await run(
@@ -145,13 +145,14 @@ async def plan(
     target: str,
     log: Log,
     key: str,
+    migrator: str,
 ) -> dict[str, Any]:
     """Start the migration's child: it reports revisions, heads, the current revision and
     the offline SQL to `target`, and waits, kept under `key`."""
     await release(key)
     asked = request(
         command, database_url, prepared.site, settings,
-        target=target, plan=True, current=True, sql=True, application_name=MIGRATOR,
+        target=target, plan=True, current=True, sql=True, application_name=migrator,
     )  # fmt: skip
     child = await runner(settings).start(
         prepared.python, prepared.workspace, prepared.site, asked, Hooks(capped(log))

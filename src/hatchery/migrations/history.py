@@ -1,11 +1,12 @@
 """Recording what landed on an environment, shared by baselines and migration runs."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery.migrations.models import Direction, MigrationRecord, Outcome
+from hatchery.migrations.models import Backup, Direction, MigrationRecord, Outcome
 from hatchery.projects.models import Environment
 from hatchery.runs.models import Run
 
@@ -15,7 +16,7 @@ def record_applied(
     environment: Environment,
     run: Run,
     applied: list[dict[str, Any]],
-    sha256s: dict[str, str],
+    sha256s: Mapping[str, str | None],
     direction: Direction,
 ) -> None:
     """Record revisions as the child reported them landing: `revision`, `started_at`
@@ -67,5 +68,25 @@ def record_failure(
             duration_ms=round((now - started).total_seconds() * 1000),
             error=error[:4000],
             failing_statement=statement[:4000] if statement else None,
+        )
+    )
+
+
+def record_restore(
+    session: AsyncSession, environment: Environment, run: Run, backup: Backup
+) -> None:
+    """The environment went back to its backup: `started_at` is the moment restored to."""
+    now = datetime.now(UTC)
+    session.add(
+        MigrationRecord(
+            environment_id=environment.id,
+            run_id=run.id,
+            key_id=run.key_id,
+            revision=backup.revision or "base",
+            direction=Direction.restore,
+            outcome=Outcome.succeeded,
+            started_at=backup.created_at,
+            finished_at=now,
+            duration_ms=0,
         )
     )

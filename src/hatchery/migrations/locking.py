@@ -8,12 +8,14 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 POLL_SECONDS = 0.1
+log = structlog.get_logger("hatchery.migrations")
 
 
 class LockTimeout(RuntimeError):
@@ -23,6 +25,37 @@ class LockTimeout(RuntimeError):
 def lock_key(database_name: str) -> int:
     digest = hashlib.sha256(f"hatchery:migrate:{database_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def migrator_name(database_name: str) -> str:
+    """The application_name every connection of a migration of this database carries."""
+    return f"hatchery-migrator-{lock_key(database_name) & (2**64 - 1):016x}"
+
+
+LEFTOVERS = text(
+    """
+    SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = :name
+      AND pid <> pg_backend_pid()
+    """
+)
+LEFTOVER_WAIT_SECONDS = 30
+
+
+async def end_leftovers(conn: AsyncConnection, database_name: str) -> int:
+    """End the sessions an earlier migrator of this database left behind (its worker died
+    mid-statement, and its backend ran on without the lock), and wait until they are gone:
+    no two sessions ever change one database at once."""
+    name = migrator_name(database_name)
+    ended = len((await conn.execute(LEFTOVERS, {"name": name})).all())
+    if ended:
+        log.warning("migration_leftovers_ended", database=database_name, sessions=ended)
+    deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
+    while ended and (await conn.execute(LEFTOVERS, {"name": name})).first() is not None:
+        if time.monotonic() > deadline:
+            raise LockTimeout(f"a leftover migration of {database_name} would not end")
+        await asyncio.sleep(POLL_SECONDS)
+    return ended
 
 
 HELD = text(
@@ -76,6 +109,7 @@ async def exclusive(
                 waited = True
                 await asyncio.sleep(POLL_SECONDS)
             try:
+                await end_leftovers(conn, database_name)
                 yield
             finally:
                 with contextlib.suppress(Exception):

@@ -19,12 +19,15 @@ async def records(session: AsyncSession, environment_id: uuid.UUID) -> Sequence[
 
 
 def applied(history: Sequence[MigrationRecord]) -> dict[str, MigrationRecord]:
-    """Revisions whose latest successful record put them in the database, by revision."""
+    """Revisions whose latest successful record put them in the database, by revision. A
+    restore brings back what was applied when its backup was taken (its `started_at`)."""
     state: dict[str, MigrationRecord] = {}
     for record in history:
         if record.outcome != Outcome.succeeded:
             continue
-        if record.direction == Direction.downgrade:
+        if record.direction == Direction.restore:
+            state = applied([r for r in history if r.created_at < record.started_at])
+        elif record.direction == Direction.downgrade:
             state.pop(record.revision, None)
         else:
             state[record.revision] = record

@@ -146,10 +146,12 @@ async def _planned(
 ) -> tuple[History, dict[str, Any]]:
     """The migration's child, started: its report of the history, the current revision
     and the offline SQL; it then waits for the migrate step."""
+    _, environment = await environment_of(context)
     try:
         report = await execution.plan(
-            context.settings, found, url, command, target, context.log, str(context.run.id)
-        )
+            context.settings, found, url, command, target, context.log, str(context.run.id),
+            locking.migrator_name(environment.database_name),
+        )  # fmt: skip
     except ChildFailed as failure:
         message = f"the project's migrations could not be read: {failure}"
         raise StepError(message, failure) from None
@@ -299,6 +301,7 @@ async def _migrate(
         if done is None:
             await execution.migrate(
                 context.settings, found, url, direction.value, plan["target"], hooks,
+                migrator=locking.migrator_name(environment.database_name),
                 per_migration=go["per_migration"],
             )  # fmt: skip
     except ChildFailed as failure:
@@ -421,6 +424,9 @@ async def restore(context: StepContext) -> dict[str, Any]:
 async def record_restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
     url = database_url(context, environment)
+    backup = await repository.get_backup(context.session, context.run.params["backup_id"])
+    assert backup is not None
+    history.record_restore(context.session, environment, context.run, backup)
     environment.revision = await revisions.current(url, environment.version_table)
     await schema_cache.invalidate(context.redis, environment.id)
     context.run.result = {**(context.run.result or {}), "revision": environment.revision}

@@ -17,7 +17,15 @@ from sqlalchemy.pool import NullPool
 
 from hatchery import crypto, redaction
 from hatchery.config import Settings
-from hatchery.migrations import execution, history, repository, revisions, venvs, workspace
+from hatchery.migrations import (
+    execution,
+    history,
+    locking,
+    repository,
+    revisions,
+    venvs,
+    workspace,
+)
 from hatchery.migrations.models import Direction
 from hatchery.migrations.revisions import History
 from hatchery.migrations.runner import ChildFailed, Hooks
@@ -231,8 +239,9 @@ async def record_baseline(context: StepContext) -> dict[str, Any]:
                 raise AdoptionError(f"stamp revision {stamp} is not in the history")
             try:
                 done = await execution.migrate(
-                    context.settings, found, url, "stamp", target, Hooks(context.log)
-                )
+                    context.settings, found, url, "stamp", target, Hooks(context.log),
+                    migrator=locking.migrator_name(environment.database_name),
+                )  # fmt: skip
             except ChildFailed as failure:
                 raise AdoptionError(f"{environment.name}: stamping failed: {failure}") from None
             environment.version_table = done.get("version_table") or environment.version_table

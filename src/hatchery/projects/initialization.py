@@ -11,11 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.keys import service as keys
 from hatchery.keys.models import Scope
-from hatchery.migrations import execution, history, revisions
+from hatchery.migrations import execution, history, locking, revisions
+from hatchery.migrations import repository as migrations_repository
 from hatchery.migrations.models import Direction
+from hatchery.migrations.revisions import History
 from hatchery.migrations.runner import ChildFailed, Hooks
 from hatchery.projects import git, provisioning, repository, templates
-from hatchery.projects.models import Project, ProjectStatus
+from hatchery.projects.models import Environment, Project, ProjectStatus
 from hatchery.runs import service as runs
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run, StepStatus
@@ -97,6 +99,9 @@ async def prepare_environment(context: StepContext) -> dict[str, Any]:
 
 
 async def apply_baseline(context: StepContext) -> dict[str, Any]:
+    """Each environment's migrations to head, and their history rows committed right
+    after, environment by environment: a retry after a crash finds both whole (and
+    records the history of a baseline that landed without it)."""
     project = await load_project(context.session, context.run)
     settings = context.settings
     found = await prepared(context)
@@ -115,19 +120,45 @@ async def apply_baseline(context: StepContext) -> dict[str, Any]:
 
         try:
             done = await execution.migrate(
-                settings, found, url, "upgrade", "head", Hooks(context.log, report)
-            )
+                settings, found, url, "upgrade", "head", Hooks(context.log, report),
+                migrator=locking.migrator_name(environment.database_name),
+            )  # fmt: skip
         except ChildFailed as failure:
             raise BaselineError(f"{environment.name}: {failure}") from None
-        sha256s = {e["revision"]: e["sha256"] for e in applied}
-        history.record_applied(
-            context.session, environment, context.run, applied, sha256s, Direction.upgrade
-        )
-        environment.version_table = done.get("version_table")
-        environment.revision = await revisions.current(url, environment.version_table)
-        environment.deployed_commit = found.workspace.commit
-        landed[environment.name] = environment.revision
+        version_table = done.get("version_table")
+        current = await revisions.current(url, version_table)
+        async with context.sessionmaker() as session:
+            kept = await repository.get_environment(session, project.id, environment.name)
+            assert kept is not None
+            if not applied and current is not None:
+                applied = await _untracked(context, found, url, session, kept, current)
+            sha256s = {e["revision"]: e.get("sha256") for e in applied}
+            history.record_applied(session, kept, context.run, applied, sha256s, Direction.upgrade)
+            kept.version_table, kept.revision = version_table, current
+            kept.deployed_commit = found.workspace.commit
+            await session.commit()
+        landed[environment.name] = current
     return {"revisions": landed, "commit": found.workspace.commit}
+
+
+async def _untracked(
+    context: StepContext,
+    found: execution.Prepared,
+    url: str,
+    session: AsyncSession,
+    environment: Environment,
+    current: str,
+) -> list[dict[str, Any]]:
+    """What an earlier attempt landed but did not record (it died in between)."""
+    if migrations_repository.applied(await migrations_repository.records(session, environment.id)):
+        return []
+    report = await execution.inspect(context.settings, found, url, context.log)
+    inspected = History.from_child(report)
+    sha256s = {r.revision: r.sha256 for r in inspected.revisions}
+    return [
+        {"revision": r, "started_at": 0.0, "duration_ms": 0, "sha256": sha256s.get(r)}
+        for r in inspected.upgrade_path(None, current)
+    ]
 
 
 async def issue_deploy_token(context: StepContext) -> dict[str, Any]:

@@ -29,9 +29,19 @@ RevisionId = Annotated[
     Field(description="An Alembic revision id, never an expression (`@`, `+`, `-`, `:`)."),
 ]
 
+
+def _not_reserved(slug: str) -> str:
+    # `<slug>_<8 hex>_<environment>` names each database and role (at most 30 + 10 + 20
+    # bytes, under PostgreSQL's 63), and PostgreSQL keeps pg_ names for itself.
+    if slug.startswith("pg-"):
+        raise ValueError("a slug may not begin with 'pg-' (PostgreSQL keeps pg_ names)")
+    return slug
+
+
 Slug = Annotated[
     str,
     StringConstraints(min_length=2, max_length=30, pattern=SLUG_PATTERN),
+    AfterValidator(_not_reserved),
     Field(
         description="DNS-safe: lowercase letters, digits and single hyphens.", examples=["shop-api"]
     ),

@@ -8,19 +8,20 @@ a heartbeat lets the reaper fail runs whose worker died.
 
 import asyncio
 import contextlib
+import functools
 import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hatchery import db, metrics
+from hatchery import db, metrics, redaction
 from hatchery.config import Settings
 from hatchery.events import stream
 from hatchery.migrations import execution
@@ -28,6 +29,7 @@ from hatchery.runs import repository
 from hatchery.runs.models import Run, RunStatus, Step, StepStatus
 
 log = structlog.get_logger("hatchery.runs")
+T = TypeVar("T")
 
 TRACE_LIMIT = 4000
 
@@ -180,39 +182,64 @@ class Executor:
 
     async def _run_steps(self, run_id: uuid.UUID, plan: Plan) -> None:
         for name, function in plan.steps:
-            async with self.sessionmaker() as session:
-                run = await repository.get(session, run_id)
-                assert run is not None
-                if run.status != RunStatus.running or run_id in self._lost:
-                    log.warning("run_taken_away", status=run.status)
-                    return
-                if run.cancel_requested:
-                    await finish_failed(
-                        session,
-                        self.redis,
-                        self.settings,
-                        run,
-                        plan,
-                        "cancelled",
-                        RunStatus.cancelled,
-                    )
-                    return
-                step = _step(run, name)
-                if step.status in (StepStatus.succeeded, StepStatus.skipped):
-                    continue
-                step.status, step.started_at, step.error = StepStatus.running, db.utcnow(), None
-                await db.commit(session)
+            verdict = await self._persist(functools.partial(self._begin_step, run_id, plan, name))
+            if verdict == "stop":
+                return
+            if verdict == "done":
+                continue
             await stream.publish(self.redis, run_id, "step.started", name)
             if not await self._run_step(run_id, plan, name, function):
                 return
+        run = await self._persist(lambda: self._succeed(run_id))
+        metrics.run_finished(run)
+        await stream.publish(self.redis, run_id, "run.succeeded", status=RunStatus.succeeded)
+        log.info("run_succeeded", kind=run.kind)
+
+    async def _begin_step(self, run_id: uuid.UUID, plan: Plan, name: str) -> str:
+        """`start` the step, or say it is `done` already, or that the run must `stop`
+        (taken away, or cancelled: then recorded so)."""
+        async with self.sessionmaker() as session:
+            run = await repository.get(session, run_id)
+            assert run is not None
+            if run.status != RunStatus.running or run_id in self._lost:
+                log.warning("run_taken_away", status=run.status)
+                return "stop"
+            if run.cancel_requested:
+                await finish_failed(
+                    session, self.redis, self.settings, run, plan, "cancelled",
+                    RunStatus.cancelled,
+                )  # fmt: skip
+                return "stop"
+            step = _step(run, name)
+            if step.status in (StepStatus.succeeded, StepStatus.skipped):
+                return "done"
+            step.status, step.started_at, step.error = StepStatus.running, db.utcnow(), None
+            await db.commit(session)
+            return "start"
+
+    async def _succeed(self, run_id: uuid.UUID) -> Run:
         async with self.sessionmaker() as session:
             run = await repository.get(session, run_id)
             assert run is not None
             run.status, run.finished_at = RunStatus.succeeded, db.utcnow()
             await db.commit(session)
-            metrics.run_finished(run)
-        await stream.publish(self.redis, run_id, "run.succeeded", status=RunStatus.succeeded)
-        log.info("run_succeeded", kind=run.kind)
+            return run
+
+    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
+        """`write`, tried again while the control database cannot be reached (a restart,
+        a failover), for up to HATCHERY_CONTROL_DATABASE_WAIT_SECONDS: the worker is
+        alive, and its run must not be given up as lost."""
+        deadline = time.monotonic() + self.settings.control_database_wait_seconds
+        delay = 0.2
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not db.unavailable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("control_database_unavailable", retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _run_step(self, run_id: uuid.UUID, plan: Plan, name: str, function: StepFn) -> bool:
         started = time.monotonic()
@@ -222,40 +249,17 @@ class Executor:
             context = StepContext(session, run, name, self.settings, self.redis, self.sessionmaker)
             try:
                 output = await function(context)
+                step = _step(run, name)
+                step.status, step.finished_at = StepStatus.succeeded, db.utcnow()
+                step.duration_ms = _ms_since(started)
+                step.output = output or {}
+                await db.commit(session)
             except Exception as exc:
-                trace = traceback.format_exc()[-TRACE_LIMIT:]
-                await session.rollback()
-                error = f"{name}: {exc}"
-                log.warning("step_failed", step=name, error=str(exc))
-                async with self.sessionmaker() as failure:
-                    failed = await repository.get(failure, run_id)
-                    assert failed is not None
-                    step = _step(failed, name)
-                    step.status, step.finished_at = StepStatus.failed, db.utcnow()
-                    step.duration_ms = _ms_since(started)
-                    metrics.STEP_SECONDS.labels(failed.kind, name, "failed").observe(
-                        step.duration_ms / 1000
-                    )
-                    step.error, step.error_trace = str(exc), trace
-                    # What a step knows of its failure beyond the message (a migration's
-                    # exception, statement and traceback tail), readable through the api.
-                    step.output = getattr(exc, "details", None)
-                    await finish_failed(
-                        failure,
-                        self.redis,
-                        self.settings,
-                        failed,
-                        plan,
-                        error,
-                        RunStatus.failed,
-                        step=name,
-                    )
+                with contextlib.suppress(Exception):
+                    await session.rollback()
+                fail = functools.partial(self._fail_step, run_id, plan, name, started, exc)
+                await self._persist(fail)
                 return False
-            step = _step(run, name)
-            step.status, step.finished_at = StepStatus.succeeded, db.utcnow()
-            step.duration_ms = _ms_since(started)
-            step.output = output or {}
-            await db.commit(session)
             metrics.STEP_SECONDS.labels(run.kind, name, "succeeded").observe(
                 step.duration_ms / 1000
             )
@@ -266,11 +270,44 @@ class Executor:
         )  # fmt: skip
         return True
 
+    async def _fail_step(
+        self, run_id: uuid.UUID, plan: Plan, name: str, started: float, exc: Exception
+    ) -> None:
+        # A step's error may quote a statement or a tool's output: never a secret.
+        trace = redaction.redact("".join(traceback.format_exception(exc))[-TRACE_LIMIT:])
+        message = redaction.redact(str(exc)) or type(exc).__name__
+        log.warning("step_failed", step=name, error=message)
+        async with self.sessionmaker() as session:
+            failed = await repository.get(session, run_id)
+            assert failed is not None
+            step = _step(failed, name)
+            step.status, step.finished_at = StepStatus.failed, db.utcnow()
+            step.duration_ms = _ms_since(started)
+            metrics.STEP_SECONDS.labels(failed.kind, name, "failed").observe(
+                step.duration_ms / 1000
+            )
+            step.error, step.error_trace = message, trace
+            # What a step knows of its failure beyond the message (a migration's
+            # exception, statement and traceback tail), readable through the api.
+            step.output = getattr(exc, "details", None)
+            lost = db.unavailable(exc)
+            await finish_failed(
+                session, self.redis, self.settings, failed, plan, f"{name}: {message}",
+                RunStatus.failed, step=name,
+                error_code="control_database_unavailable" if lost else None,
+            )  # fmt: skip
+
     @contextlib.asynccontextmanager
     async def _heartbeat(self, run_id: uuid.UUID) -> AsyncIterator[None]:
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self.settings.run_heartbeat_seconds)
+                with contextlib.suppress(Exception):
+                    # Also in Redis: while the control database is away, the reaper still
+                    # sees that this worker is at work on the run.
+                    await self.redis.set(
+                        alive_key(run_id), "1", ex=int(self.settings.run_stale_after_seconds)
+                    )
                 try:
                     async with self.sessionmaker() as session:
                         alive = await repository.heartbeat(session, run_id)
@@ -317,6 +354,10 @@ async def finish_failed(
         redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
     )
     await stream.expire(redis, run.id, settings.event_retention_seconds)
+
+
+def alive_key(run_id: uuid.UUID) -> str:
+    return f"hatchery:run:{run_id}:alive"
 
 
 def _step(run: Run, name: str) -> Step:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from hatchery import db, queue
 from hatchery.config import Settings
 from hatchery.runs import repository, service
-from hatchery.runs.executor import Plans, finish_failed
+from hatchery.runs.executor import Plans, alive_key, finish_failed
 from hatchery.runs.models import RunStatus, StepStatus
 
 log = structlog.get_logger("hatchery.reaper")
@@ -31,9 +31,13 @@ async def reap(
             if run is None:
                 break
             plan = plans(run)
-            if plan.still_working is not None and await plan.still_working(session, run, settings):
-                # A blocked event loop stops the beat, not the migration; failing the run
-                # now would let a migration commit under a run recorded as failed.
+            alive = bool(await redis.exists(alive_key(run.id)))
+            if alive or (
+                plan.still_working is not None and await plan.still_working(session, run, settings)
+            ):
+                # Its worker still beats in Redis (the control database was away), or its
+                # migrator still holds the lock: failing the run now would lie, and could
+                # let a migration commit under a run recorded as failed.
                 run.heartbeat_at = db.utcnow()
                 await db.commit(session)
                 log.warning("run_silent_but_working", run_id=str(run.id))
