@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from hatchery import db
 from hatchery.config import Settings
@@ -78,11 +80,13 @@ def stack(**env: str) -> Iterator[Stack]:
 
 
 def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A hatchery process; its output goes to HATCHERY_BENCH_LOGS (a directory) if set."""
+    logs = os.environ.get("HATCHERY_BENCH_LOGS")
+    output: int | IO[bytes] = subprocess.DEVNULL
+    if logs:
+        output = (Path(logs) / f"{command[0]}-{time.monotonic_ns()}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "hatchery.cli", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "hatchery.cli", *command], env=env, stdout=output, stderr=output
     )
 
 

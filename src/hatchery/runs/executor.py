@@ -304,9 +304,13 @@ class Executor:
                 await asyncio.sleep(self.settings.run_heartbeat_seconds)
                 with contextlib.suppress(Exception):
                     # Also in Redis: while the control database is away, the reaper still
-                    # sees that this worker is at work on the run.
-                    await self.redis.set(
-                        alive_key(run_id), "1", ex=int(self.settings.run_stale_after_seconds)
+                    # sees that this worker is at work on the run. Bounded: a Redis that is
+                    # away must not stop the beat in PostgreSQL.
+                    await asyncio.wait_for(
+                        self.redis.set(
+                            alive_key(run_id), "1", ex=int(self.settings.run_stale_after_seconds)
+                        ),
+                        self.settings.run_heartbeat_seconds,
                     )
                 try:
                     async with self.sessionmaker() as session:
