@@ -30,10 +30,19 @@ async def test_no_generated_password_appears_in_any_response_log_line_or_stored_
     scratch_dir: Path,
 ) -> None:
     async with engine.connect() as conn:
-        sealed = (await conn.execute(text("SELECT database_url FROM environment"))).scalars()
+        # Adopted projects' urls were chosen by the tests (`u:p@...`), not generated.
+        sealed = (
+            await conn.execute(
+                text(
+                    "SELECT e.database_url FROM environment e JOIN project p ON p.id = e.project_id"
+                    " WHERE p.origin_url IS NULL"
+                )
+            )
+        ).scalars()
         urls = [crypto.decrypt(s, settings.encryption_secret) for s in sealed if s]
         stored = [row or "" for row in (await conn.execute(text(STORED))).scalars()]
     passwords = {p for url in urls for p in url_secrets(url)[1:]}
+    assert passwords, "the suite provisioned no project whose password could leak"
     passwords |= {postgres.password, redis_server.password}
     logs = [p.read_text(errors="replace") for p in scratch_dir.rglob("*.log")]
     places = {"response": RESPONSES, "log": logs, "stored": stored}

@@ -211,8 +211,8 @@ def deploy(
             raise typer.Exit(watch.TIMED_OUT) from None
         typer.echo(f"run {run['id']}: migrating {env} to {commit}")
         if wait:
-            left = max(1.0, deadline - time.monotonic())
-            raise typer.Exit(watch.watch(api, run["id"], Console(soft_wrap=True), left))
+            console = Console(soft_wrap=True)
+            raise typer.Exit(watch.watch(api, run["id"], console, timeout, deadline))
 
 
 @runs_app.command("watch")

@@ -119,10 +119,13 @@ class _Progress:
         return table
 
 
-def watch(api: httpx.Client, run_id: str, console: Console, timeout: float) -> int:
+def watch(
+    api: httpx.Client, run_id: str, console: Console, timeout: float, deadline: float | None = None
+) -> int:
     """Follow a run to its end, resuming after the last event seen if the connection drops
-    or the api cannot answer for a while; the exit code of its outcome."""
-    deadline = time.monotonic() + timeout
+    or the api cannot answer for a while; the exit code of its outcome. `timeout` is the
+    wait the user asked for; `deadline` ends it sooner when part of it is already spent."""
+    deadline = time.monotonic() + timeout if deadline is None else deadline
     progress, last_id, delay = _Progress(), "", 0.5
     live = Live(progress.table(f"run {run_id}"), console=console, auto_refresh=False)
     with live if console.is_terminal else contextlib.nullcontext():

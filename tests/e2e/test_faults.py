@@ -264,7 +264,10 @@ async def test_outages_answer_503_with_retry_after_and_a_run_survives_them(
         assert answer.headers["content-type"] == "application/problem+json"
         assert int(answer.headers["retry-after"]) > 0
     assert run["error_code"] != "worker_lost", run
-    assert run["status"] == "succeeded" or run["error_code"] == "control_database_unavailable"
+    # The project's databases share the restarted server: a baseline running at that moment
+    # fails, naming the cause.
+    causes = {"control_database_unavailable", "database_unavailable"}
+    assert run["status"] == "succeeded" or run["error_code"] in causes, run
 
 
 async def test_a_baseline_that_landed_before_a_crash_has_its_history_after_the_retry(

@@ -505,6 +505,8 @@ def describe(exc: BaseException) -> dict:
         "message": message or repr(exc),
         "statement": str(statement)[:4000] if statement else None,
         "traceback": traceback.format_exc()[-TRACE_LIMIT:],
+        # SQLAlchemy's dialect judged it a lost connection (the server went away).
+        "disconnected": bool(getattr(exc, "connection_invalidated", False)),
     }
 
 

@@ -290,11 +290,9 @@ class Executor:
             # What a step knows of its failure beyond the message (a migration's
             # exception, statement and traceback tail), readable through the api.
             step.output = getattr(exc, "details", None)
-            lost = db.unavailable(exc)
             await finish_failed(
                 session, self.redis, self.settings, failed, plan, f"{name}: {message}",
-                RunStatus.failed, step=name,
-                error_code="control_database_unavailable" if lost else None,
+                RunStatus.failed, step=name, error_code=_error_code(exc),
             )  # fmt: skip
 
     @contextlib.asynccontextmanager
@@ -358,6 +356,18 @@ async def finish_failed(
         redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
     )
     await stream.expire(redis, run.id, settings.event_retention_seconds)
+
+
+def _error_code(exc: Exception) -> str | None:
+    """What a step's failure says beyond `step_failed`: which server went away."""
+    if db.unavailable(exc):
+        return "control_database_unavailable"
+    cause: BaseException | None = exc  # steps re-raise the child's failure in their words
+    while cause is not None:
+        if getattr(cause, "disconnected", False):
+            return "database_unavailable"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def alive_key(run_id: uuid.UUID) -> str:
