@@ -6,7 +6,6 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 UV_PYTHON_D
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
-COPY workers ./workers
 # As `make`: pip fetches the pinned uv, uv installs everything else from the pins.
 RUN python -m venv /opt/hatchery \
     && /opt/hatchery/bin/pip install "$(grep -m1 '^uv==' constraints.txt)" \

@@ -31,11 +31,10 @@ class Stack:
 
 async def _admin_token(settings: Settings) -> str:
     engine = db.create_engine(settings.require_database_url())
-    async with db.create_sessionmaker(engine)() as session:
+    async with db.create_sessionmaker(engine)() as session, db.transaction(session):
         _, token = await keys.create_key(
             session, settings.key_hash_key, name="bench", scopes=[Scope.admin]
         )
-        await session.commit()
     await engine.dispose()
     return token
 

@@ -44,7 +44,7 @@ def build_database(stack_: Stack, name: str, tables: int) -> None:
 
 async def register(stack_: Stack, database: str) -> uuid.UUID:
     engine = db.create_engine(stack_.settings.require_database_url())
-    async with db.create_sessionmaker(engine)() as session:
+    async with db.create_sessionmaker(engine)() as session, db.transaction(session):
         project = Project(
             slug=f"bench-{uuid.uuid4().hex[:6]}", name="bench", template="fastapi-service",
             status=ProjectStatus.active, repository_url="file:///dev/null", repository_path="/dev/null",
@@ -58,8 +58,7 @@ async def register(stack_: Stack, database: str) -> uuid.UUID:
             ],
         )  # fmt: skip
         session.add(project)
-        await session.commit()
-        project_id = project.id
+    project_id = project.id
     await engine.dispose()
     return project_id
 

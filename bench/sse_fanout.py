@@ -77,7 +77,7 @@ class Client(asyncio.Protocol):
 
 async def make_runs(stack_: Stack, count: int) -> list[str]:
     engine = db.create_engine(stack_.settings.require_database_url())
-    async with db.create_sessionmaker(engine)() as session:
+    async with db.create_sessionmaker(engine)() as session, db.transaction(session):
         project = Project(
             slug=f"bench-{uuid.uuid4().hex[:6]}", name="bench", template="fastapi-service",
             repository_url="file:///dev/null", repository_path="/dev/null",
@@ -89,8 +89,7 @@ async def make_runs(stack_: Stack, count: int) -> list[str]:
             for _ in range(count)
         ]
         session.add_all(runs)
-        await session.commit()
-        ids = [str(r.id) for r in runs]
+    ids = [str(r.id) for r in runs]
     await engine.dispose()
     return ids
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +184,10 @@ def live_api(
 
 @pytest.fixture(scope="session")
 async def live_admin_token(engine: AsyncEngine, settings: Settings) -> str:
-    async with db.create_sessionmaker(engine)() as session:
+    async with db.create_sessionmaker(engine)() as session, db.transaction(session):
         _, token = await keys.create_key(
             session, settings.key_hash_key, name="e2e admin", scopes=[Scope.admin]
         )
-        await session.commit()
     return token
 
 
@@ -213,12 +213,24 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await transaction.rollback()
 
 
+@pytest.fixture(scope="session")
+async def jobs(redis_server: EmbeddedRedis) -> AsyncIterator[queue.Queue]:
+    client = queue.connect(redis_server.url)
+    yield client
+    await queue.close(client)
+
+
 @pytest.fixture
-def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+def sessionmaker(
+    connection: AsyncConnection, jobs: queue.Queue
+) -> async_sessionmaker[AsyncSession]:
     # Commits by the code under test become savepoint releases: the test's outer
     # transaction still rolls everything back.
     return async_sessionmaker(
-        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        bind=connection,
+        expire_on_commit=False,
+        join_transaction_mode="create_savepoint",
+        info={db.JOBS: jobs},
     )
 
 
@@ -228,11 +240,30 @@ async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
         yield session
 
 
+@asynccontextmanager
+async def serving(
+    app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of `app` as uvicorn would serve it: its lifespan run, each
+    request given the lifespan's state; its sessions from `sessionmaker` when given."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope | {"state": dict(state)}, receive, send)
+
+        if sessionmaker is not None:
+            app.dependency_overrides[db.sessionmaker_of] = lambda: sessionmaker
+        transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                yield client
+        finally:
+            app.dependency_overrides.clear()
+
+
 @pytest.fixture(scope="session")
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield app
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
 
 
 @pytest.fixture(autouse=True)
@@ -246,9 +277,7 @@ async def _clean_redis(redis_server: EmbeddedRedis) -> None:
 async def client(
     app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app.state.sessionmaker = sessionmaker
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with serving(app, sessionmaker) as client:
         yield client
 
 
@@ -258,14 +287,14 @@ async def make_key(
     *scopes: Scope,
     project_id: object = None,
 ) -> tuple[ApiKey, str]:
-    key, token = await keys.create_key(
-        session,
-        settings.key_hash_key,
-        name="test",
-        scopes=list(scopes),
-        project_id=project_id,  # type: ignore[arg-type]
-    )
-    await session.commit()
+    async with db.transaction(session):
+        key, token = await keys.create_key(
+            session,
+            settings.key_hash_key,
+            name="test",
+            scopes=list(scopes),
+            project_id=project_id,  # type: ignore[arg-type]
+        )
     return key, token
 
 

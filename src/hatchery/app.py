@@ -1,7 +1,7 @@
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypedDict
 
 import anyio
 from fastapi import APIRouter, FastAPI
@@ -9,9 +9,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hatchery import __doc__ as description
-from hatchery import db, files, invalidation, queue
+from hatchery import db, files, invalidation, plans, queue
 from hatchery.config import Settings, get_settings
 from hatchery.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from hatchery.events.hub import EventHub
@@ -30,36 +31,65 @@ from hatchery.schema.service import SchemaState
 API_PREFIX = "/api/v1"
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    files.make_private(settings.repositories_dir, settings.backups_dir)
-    database_url = settings.require_database_url()
-    app.state.engine = db.create_engine(database_url)
-    app.state.sessionmaker = db.create_sessionmaker(app.state.engine)
-    app.state.control_head = db.control_head(database_url)
-    app.state.queue = queue.connect(settings.require_redis_url())
-    app.state.caches = invalidation.Caches(settings.memory_cache_seconds)
-    app.state.rate_limiter = RateLimiter(settings)
-    app.state.hub = EventHub(
-        Redis.from_url(
-            settings.require_redis_url(), socket_connect_timeout=2, health_check_interval=15
-        ),
-        tick_seconds=settings.sse_ping_seconds,
-        forget=app.state.caches.forget,
-    )
+class State(TypedDict):
+    """What the api process holds for its lifetime; each request sees it as
+    `request.state`, read through the dependencies in `hatchery.deps` (and beside the
+    modules that own a part: the rate limiter, the schema engines, the route table)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    control_head: str | None
+    jobs: queue.Queue  # also the process's Redis client
+    sessionmaker: async_sessionmaker[AsyncSession]
+    caches: invalidation.Caches
+    rate_limiter: RateLimiter
+    hub: EventHub
     # Set by sse-starlette when uvicorn begins to shut down (see runs/router.py).
-    app.state.shutting_down = anyio.Event()
-    app.state.hub.start(app.state.shutting_down)
-    app.state.schema = SchemaState()
-    tune_garbage_collector()
-    try:
-        yield
-    finally:
-        await app.state.schema.engines.dispose()
-        await app.state.hub.stop()
-        await queue.close(app.state.queue)
-        await app.state.engine.dispose()
+    shutting_down: anyio.Event
+    schema: SchemaState
+    routes: RouteTable
+
+
+def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
+    @asynccontextmanager
+    async def running(app: FastAPI) -> AsyncIterator[State]:
+        files.make_private(settings.repositories_dir, settings.backups_dir)
+        database_url = settings.require_database_url()
+        engine = db.create_engine(database_url)
+        jobs = queue.connect(settings.require_redis_url())
+        caches = invalidation.Caches(settings.memory_cache_seconds)
+        hub = EventHub(
+            Redis.from_url(
+                settings.require_redis_url(), socket_connect_timeout=2, health_check_interval=15
+            ),
+            tick_seconds=settings.sse_ping_seconds,
+            forget=caches.forget,
+        )
+        shutting_down = anyio.Event()
+        hub.start(shutting_down)
+        schema = SchemaState()
+        tune_garbage_collector()
+        try:
+            yield State(
+                settings=settings,
+                engine=engine,
+                control_head=db.control_head(database_url),
+                jobs=jobs,
+                sessionmaker=db.create_sessionmaker(engine, jobs),
+                caches=caches,
+                rate_limiter=RateLimiter(settings),
+                hub=hub,
+                shutting_down=shutting_down,
+                schema=schema,
+                routes=RouteTable(app),
+            )
+        finally:
+            await schema.engines.dispose()
+            await hub.stop()
+            await queue.close(jobs)
+            await engine.dispose()
+
+    return running
 
 
 def tune_garbage_collector() -> None:
@@ -99,16 +129,16 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    plans.register()
     configure_logging(settings.log_format, settings.log_level)
     app = FastAPI(
         title="Hatchery",
         version="1",
         description=description or "",
-        lifespan=lifespan,
+        lifespan=lifespan(settings),
         debug=settings.debug,
         generate_unique_id_function=_route_name_as_operation_id,
     )
-    app.state.settings = settings
     install_error_handlers(app)
 
     # Every route under the prefix needs a key, and so counts against the rate limits.
@@ -130,6 +160,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=[REQUEST_ID_HEADER, "Location", "ETag", "Retry-After"],
         )
     app.add_middleware(RequestContextMiddleware)
-    app.state.routes = RouteTable(app)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -18,7 +18,7 @@ from hatchery.errors import HatcheryError
 from hatchery.keys import service as keys
 from hatchery.keys.models import ApiKey, Scope
 from hatchery.observability import configure_logging
-from workers.settings import run as run_worker
+from hatchery.worker.settings import run as run_worker
 
 T = TypeVar("T")
 
@@ -119,10 +119,8 @@ def db_downgrade(revision: str) -> None:
 async def _in_session(settings: Settings, action: Callable[[AsyncSession], Awaitable[T]]) -> T:
     engine = db.create_engine(_database_url(settings))
     try:
-        async with db.create_sessionmaker(engine)() as session:
-            result = await action(session)
-            await db.commit(session)
-            return result
+        async with db.create_sessionmaker(engine)() as session, db.transaction(session):
+            return await action(session)
     finally:
         await engine.dispose()
 

@@ -1,5 +1,7 @@
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -63,8 +65,15 @@ def create_engine(database_url: str, **kwargs: object) -> AsyncEngine:
     )
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessionmaker(
+    engine: AsyncEngine, jobs: object = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions that carry the process's job queue (`jobs`), for what a transaction
+    enqueues once it commits (a run's job)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info={JOBS: jobs})
+
+
+JOBS = "jobs"
 
 
 # Connection failure (class 08), and a server shutting down or starting (57P01-57P03).
@@ -88,7 +97,19 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
-async def commit(session: AsyncSession) -> None:
+@asynccontextmanager
+async def transaction(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """The one unit of work, and the only place that commits: commit when the block ends,
+    then run the after-commit callbacks; roll back and drop them if it raises."""
+    try:
+        yield session
+    except BaseException:
+        session.info.pop("after_commit", None)
+        # A rollback on a lost connection fails too: the server has already undone the
+        # work, and the error worth raising is the first one.
+        with contextlib.suppress(Exception):
+            await session.rollback()
+        raise
     await session.commit()
     callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
     for callback in callbacks:
@@ -99,17 +120,18 @@ async def commit(session: AsyncSession) -> None:
             log.exception("after_commit_failed")
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def sessionmaker_of(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The api process's sessionmaker (its lifespan state's); tests override this."""
+    found: async_sessionmaker[AsyncSession] = request.state.sessionmaker
+    return found
+
+
+async def get_session(
+    sessionmaker: Annotated[async_sessionmaker[AsyncSession], Depends(sessionmaker_of)],
+) -> AsyncIterator[AsyncSession]:
     """The request owns the transaction: commit when the route returns, roll back if it raises."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        try:
-            yield session
-        except BaseException:
-            session.info.pop("after_commit", None)
-            await session.rollback()
-            raise
-        await commit(session)
+    async with sessionmaker() as session, transaction(session):
+        yield session
 
 
 # scope="function" commits before the response is sent, so a 2xx always means "committed".

@@ -23,11 +23,10 @@ log = structlog.get_logger("hatchery.dev")
 async def _create_admin_key(settings: Settings) -> str:
     engine = db.create_engine(settings.require_database_url())
     try:
-        async with db.create_sessionmaker(engine)() as session:
+        async with db.create_sessionmaker(engine)() as session, db.transaction(session):
             _, token = await keys.create_key(
                 session, settings.key_hash_key, name="dev admin", scopes=[Scope.admin]
             )
-            await session.commit()
     finally:
         await engine.dispose()
     return token

@@ -153,7 +153,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # Starlette names only the methods of the first route that matched the path.
-        headers["Allow"] = ", ".join(request.app.state.routes.allowed_methods(request.url.path))
+        headers["Allow"] = ", ".join(request.state.routes.allowed_methods(request.url.path))
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
     return problem_response(request, exc.status_code, detail=detail, headers=headers)
 

@@ -3,13 +3,10 @@ once that it must forget it: a message on one Redis channel, heard by each proce
 event hub. A process that may have missed messages (its subscription dropped) forgets
 everything; the short lifetime of each entry bounds staleness should even that fail."""
 
-import uuid
+from typing import Any
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
-
-from hatchery.keys.models import ApiKey
-from hatchery.projects.models import Environment
 
 CHANNEL = "hatchery:invalidate"
 KEYS = "keys"
@@ -17,19 +14,24 @@ ENVIRONMENTS = "environments"
 
 
 class Caches:
+    """Named caches (`KEYS`, `ENVIRONMENTS`), each forgotten by its name. What they hold is
+    their owners' business: detached copies, never rows of a session, so that a rollback
+    elsewhere cannot expire them."""
+
     def __init__(self, seconds: float, capacity: int = 10_000) -> None:
-        # Detached copies, never rows of a session: a rollback elsewhere cannot expire them.
-        self.keys: TTLCache[str, ApiKey] = TTLCache(capacity, seconds)  # by token digest
-        self.environments: TTLCache[tuple[uuid.UUID, str], Environment] = TTLCache(
-            capacity, seconds
-        )
+        self._seconds, self._capacity = seconds, capacity
+        self._named: dict[str, TTLCache[Any, Any]] = {}
+
+    def named(self, what: str) -> TTLCache[Any, Any]:
+        if what not in self._named:
+            self._named[what] = TTLCache(self._capacity, self._seconds)
+        return self._named[what]
 
     def forget(self, what: str | None) -> None:
         """Drop what changed; everything when `what` is None (messages may be lost)."""
-        if what in (KEYS, None):
-            self.keys.clear()
-        if what in (ENVIRONMENTS, None):
-            self.environments.clear()
+        for name, cache in self._named.items():
+            if what in (name, None):
+                cache.clear()
 
 
 async def announce(redis: Redis, what: str, here: Caches | None = None) -> None:

@@ -5,12 +5,9 @@ counted by the process that finished it: a worker, or the api for a run cancelle
 before it started."""
 
 import time
-from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _serve
-
-from hatchery.runs.models import Run
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SLOW = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -49,13 +46,10 @@ BACKUP_SECONDS = Histogram(
 )
 
 
-def run_finished(run: Run) -> None:
-    began: datetime = run.started_at or run.created_at
-    RUNS.labels(run.kind, run.status).inc()
-    if run.finished_at is not None:
-        RUN_SECONDS.labels(run.kind, run.status).observe(
-            max(0.0, (run.finished_at - began).total_seconds())
-        )
+def run_finished(kind: str, status: str, seconds: float | None) -> None:
+    RUNS.labels(kind, status).inc()
+    if seconds is not None:
+        RUN_SECONDS.labels(kind, status).observe(seconds)
 
 
 def job_picked_up(due_ms: int) -> None:

@@ -77,3 +77,10 @@ async def pipe(first: list[str], second: list[str], *, database_url: str) -> Non
         if process.returncode != 0:
             message = err.decode(errors="replace").strip().splitlines()
             raise PgToolError(f"{tool} failed: {message[-1] if message else process.returncode}")
+
+
+def quoted_version_table(version_table: str | None) -> str:
+    """Alembic's version table (`alembic_version` unless a project names another, maybe
+    `schema.table`) as an identifier PostgreSQL reads."""
+    parts = (version_table or "alembic_version").split(".")
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)

@@ -65,12 +65,12 @@ class RateLimiter:
 
 
 async def _deployments(request: Request, key: CurrentKey) -> None:
-    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter: RateLimiter = request.state.rate_limiter
     await limiter.hit(limiter.deployments, "deployments", str(key.id))
 
 
 async def _streams(request: Request, key: Annotated[ApiKey, Depends(stream_reader)]) -> None:
-    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter: RateLimiter = request.state.rate_limiter
     await limiter.hit(limiter.streams, "streams", str(key.id))
 
 

@@ -4,7 +4,7 @@ in URLs and passwords in statements never reach a row, an event or a log line.""
 
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED = "***"
 # Shorter strings would blank out ordinary words.
@@ -28,3 +28,13 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, REDACTED)
     text = _URL_CREDENTIALS.sub(rf"\g<scheme>{REDACTED}@", text)
     return _PASSWORD_CLAUSE.sub(rf"\1{REDACTED}", text)
+
+
+def public_url(repository_url: str) -> str:
+    """The repository URL without credentials."""
+    parts = urlsplit(repository_url)
+    if not parts.password and not parts.username:
+        return repository_url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -62,7 +62,7 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
             )
-            route = scope["app"].state.routes.template(scope.get("route"))
+            route = scope["state"]["routes"].template(scope.get("route"))
             metrics.HTTP_REQUESTS.labels(scope["method"], route, status).inc()
             metrics.HTTP_SECONDS.labels(scope["method"], route).observe(elapsed)
             bind_request_id(None)

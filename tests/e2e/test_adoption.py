@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from hatchery.embedded import EmbeddedPostgres
+from hatchery.plans.adopt import UNREACHABLE
 from hatchery.projects import templates
-from hatchery.projects.adoption import UNREACHABLE
 from tests.conftest import bearer
 from tests.e2e.helpers import deploy, get_project, git, revision_source, wait_for_run
 from tests.sse import follow

@@ -21,12 +21,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hatchery import crypto, db, queue
+from hatchery import crypto, db, git, queue
 from hatchery.config import Settings
 from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
 from hatchery.keys.models import Scope
-from hatchery.projects import git
-from hatchery.projects.adoption import UNREACHABLE
+from hatchery.plans.adopt import UNREACHABLE
 from tests.conftest import bearer, make_key
 from tests.e2e.helpers import WorkingCopy, active_project, deploy, get_project, wait_for_run
 from tests.sse import follow

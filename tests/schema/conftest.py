@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hatchery import db
 from hatchery.config import Settings
 from hatchery.embedded import EmbeddedPostgres
 from hatchery.keys.models import Scope
@@ -53,8 +54,8 @@ async def project_on(
             )
         ],
     )
-    session.add(project)
-    await session.commit()
+    async with db.transaction(session):
+        session.add(project)
     return project
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -18,7 +17,7 @@ from hatchery.embedded import EmbeddedPostgres
 from hatchery.keys.models import Scope
 from hatchery.projects.models import Project
 from hatchery.schema import catalog
-from tests.conftest import bearer, make_key
+from tests.conftest import bearer, make_key, serving
 from tests.schema.conftest import project_on
 
 
@@ -83,7 +82,6 @@ async def test_ddl_run_with_psql_is_seen_on_the_very_next_request(
 
 
 async def test_a_change_the_probe_missed_is_caught_by_the_exact_check(
-    app: FastAPI,
     client: httpx.AsyncClient,
     session: AsyncSession,
     settings: Settings,
@@ -98,7 +96,7 @@ async def test_a_change_the_probe_missed_is_caught_by_the_exact_check(
     monkeypatch.setattr(catalog, "PROBE", catalog.text("SELECT 'frozen'"))
     await client.get(url(project), headers=bearer(schema_token))
     postgres.psql(scratch_database, "ALTER TABLE thing RENAME COLUMN id TO ident")
-    monkeypatch.setattr(app.state.settings, "schema_verify_seconds", 0.001)
+    monkeypatch.setattr(settings, "schema_verify_seconds", 0.001)
     await asyncio.sleep(0.01)
     after = await client.get(url(project), headers=bearer(schema_token))
     assert after.headers["etag"] != first.headers["etag"]
@@ -133,13 +131,10 @@ async def test_concurrent_cold_reads_share_one_introspection(
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(catalog, "introspect", counted)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            responses = await asyncio.gather(
-                *(client.get(url(project), headers=bearer(token)) for _ in range(10))
-            )
+    async with serving(create_app(settings)) as client:
+        responses = await asyncio.gather(
+            *(client.get(url(project), headers=bearer(token)) for _ in range(10))
+        )
     assert [r.status_code for r in responses] == [200] * 10
     assert len({r.headers["etag"] for r in responses}) == 1
     assert calls == 1
@@ -171,11 +166,8 @@ async def hiding_client(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings.model_copy(update={"schema_hide_sensitive": True}))
-    async with app.router.lifespan_context(app):
-        app.state.sessionmaker = sessionmaker
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+    async with serving(app, sessionmaker) as client:
+        yield client
 
 
 async def test_a_setting_hides_sensitive_columns_entirely(

@@ -24,12 +24,12 @@ async def _migrations(state: Any) -> Check:
 
 
 async def _redis(state: Any) -> Check:
-    await state.queue.ping()
+    await state.jobs.ping()
     return Check(ok=True)
 
 
 async def _worker(state: Any) -> Check:
-    if await queue.worker_alive(state.queue):
+    if await queue.worker_alive(state.jobs):
         return Check(ok=True)
     return Check(ok=False, detail="no worker heartbeat seen recently")
 

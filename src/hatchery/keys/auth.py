@@ -10,6 +10,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hatchery.db import SessionDep
+from hatchery.deps import CachesDep, RedisDep, SettingsDep
 from hatchery.errors import Forbidden, Unauthorized
 from hatchery.keys import service, tickets
 from hatchery.keys.models import ApiKey, Scope
@@ -22,14 +23,15 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 async def authenticated_key(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
+    caches: CachesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     async def by_token() -> ApiKey:
         if credentials is None:
             raise Unauthorized("Missing bearer token")
-        state = request.app.state
         return await service.authenticate(
-            session, state.settings.key_hash_key, credentials.credentials, state.caches
+            session, settings.key_hash_key, credentials.credentials, caches
         )
 
     return await _identified(request, by_token)
@@ -37,7 +39,7 @@ async def authenticated_key(
 
 async def _identified(request: Request, find: Callable[[], Awaitable[ApiKey]]) -> ApiKey:
     """The caller's key, found by `find`, counted against the rate limits."""
-    limiter = request.app.state.rate_limiter
+    limiter = request.state.rate_limiter  # hatchery.ratelimit's, which imports this module
     address = limiter.hit(
         limiter.per_address, "address", request.client.host if request.client else "unknown"
     )
@@ -78,6 +80,9 @@ async def stream_reader(
     request: Request,
     run_id: uuid.UUID,
     session: SessionDep,
+    settings: SettingsDep,
+    caches: CachesDep,
+    redis: RedisDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ticket: Annotated[
         str | None,
@@ -90,11 +95,11 @@ async def stream_reader(
 ) -> ApiKey:
     """Who follows a run's events: the bearer token, or a ticket for this run."""
     if ticket is None:
-        key = await authenticated_key(request, session, credentials)
+        key = await authenticated_key(request, session, settings, caches, credentials)
     else:
 
         async def by_ticket() -> ApiKey:
-            key_id = await tickets.redeem(request.app.state.queue, ticket, run_id)
+            key_id = await tickets.redeem(redis, ticket, run_id)
             if key_id is None:
                 raise Unauthorized("Unknown or expired stream ticket")
             return await service.active_key(session, key_id)

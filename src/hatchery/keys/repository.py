@@ -1,6 +1,6 @@
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,3 +36,13 @@ async def touch(session: AsyncSession, key: ApiKey) -> None:
         .values(last_used_at=func.now())
         .execution_options(synchronize_session=False)
     )
+
+
+async def revoke_project_keys(session: AsyncSession, project_id: uuid.UUID, at: datetime) -> int:
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.project_id == project_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=at)
+        .returning(ApiKey.id)
+    )
+    return len(result.all())

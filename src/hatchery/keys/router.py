@@ -1,9 +1,9 @@
 import uuid
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 
 from hatchery.db import SessionDep
-from hatchery.deps import QueueDep
+from hatchery.deps import CachesDep, RedisDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.keys import service
 from hatchery.keys.auth import AdminKey
@@ -21,13 +21,13 @@ router = APIRouter(prefix="/keys", tags=["keys"], responses=error_responses(401,
     responses=error_responses(422),
 )
 async def create_key(
-    body: KeyCreate, request: Request, session: SessionDep, admin: AdminKey
+    body: KeyCreate, settings: SettingsDep, session: SessionDep, admin: AdminKey
 ) -> KeyCreated:
     """Create a key with the given scopes, optionally bound to one project. The response
     holds the token: it is shown this once and cannot be read again."""
     key, token = await service.create_key(
         session,
-        request.app.state.settings.key_hash_key,
+        settings.key_hash_key,
         name=body.name,
         scopes=body.scopes,
         project_id=body.project_id,
@@ -52,8 +52,12 @@ async def list_keys(session: SessionDep, _: AdminKey) -> KeyList:
     responses=error_responses(404, 422),
 )
 async def revoke_key(
-    request: Request, key_id: uuid.UUID, session: SessionDep, redis: QueueDep, admin: AdminKey
+    key_id: uuid.UUID,
+    session: SessionDep,
+    redis: RedisDep,
+    caches: CachesDep,
+    admin: AdminKey,
 ) -> Response:
     """Revoke a key at once, in every api process; revoking it again is harmless."""
-    await service.revoke_key(session, redis, key_id, by=admin.id, here=request.app.state.caches)
+    await service.revoke_key(session, redis, key_id, by=admin.id, here=caches)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -96,7 +96,7 @@ async def authenticate(
     if token is None:
         raise Unauthorized("Malformed bearer token")
     digest = tokens.digest(token, hash_key)
-    remembered = known.keys.get(digest)
+    remembered: ApiKey | None = known.named(invalidation.KEYS).get(digest)
     if remembered is not None:
         return remembered
     key = await repository.get_by_prefix(session, token.prefix)
@@ -111,5 +111,5 @@ async def authenticate(
         scopes=list(key.scopes), project_id=key.project_id, created_at=key.created_at,
         last_used_at=key.last_used_at,
     )  # fmt: skip
-    known.keys[digest] = detached
+    known.named(invalidation.KEYS)[digest] = detached
     return detached

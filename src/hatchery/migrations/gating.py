@@ -4,7 +4,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.errors import Conflict, FieldError, InvalidInput
 from hatchery.migrations import repository
-from hatchery.migrations.revisions import BASE, History
+from hatchery.migrator.revisions import BASE, History
 from hatchery.projects.models import Environment, Project
 
 

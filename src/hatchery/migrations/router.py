@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 
 from hatchery.db import SessionDep
-from hatchery.deps import IdempotencyKey, QueueDep, SettingsDep
+from hatchery.deps import IdempotencyKey, JobsDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.keys.auth import ProjectsReader, check_project, require
 from hatchery.keys.models import ApiKey, Scope
@@ -54,7 +54,7 @@ async def create_deployment(
     project_id: uuid.UUID,
     body: DeploymentCreate,
     session: SessionDep,
-    job_queue: QueueDep,
+    jobs: JobsDep,
     settings: SettingsDep,
     key: Deployer,
     _: DeploymentsLimited,
@@ -64,7 +64,7 @@ async def create_deployment(
     nothing). The same `deployment_id` again returns the same run with 200. A later
     environment only accepts a revision its predecessor has passed (409 otherwise)."""
     check_project(key, project_id)
-    run, created = await service.deploy(session, job_queue, settings, project_id, body, key)
+    run, created = await service.deploy(session, jobs, settings, project_id, body, key)
     return _run_response(run, created)
 
 
@@ -81,7 +81,7 @@ async def create_migration(
     environment: str,
     body: MigrationCreate,
     session: SessionDep,
-    job_queue: QueueDep,
+    jobs: JobsDep,
     settings: SettingsDep,
     key: Migrator,
     idempotency_key: IdempotencyKey = None,
@@ -90,10 +90,10 @@ async def create_migration(
     is the offline SQL of the pending revisions (200) and nothing is touched."""
     check_project(key, project_id)
     if body.dry_run:
-        plan = await service.dry_run(session, job_queue, settings, project_id, environment, body)
+        plan = await service.dry_run(session, jobs, settings, project_id, environment, body)
         return JSONResponse(plan.model_dump(mode="json"))
     run, created = await service.start_migration(
-        session, job_queue, settings, project_id, environment, body, key, idempotency_key
+        session, jobs, settings, project_id, environment, body, key, idempotency_key
     )
     return _run_response(run, created)
 
@@ -111,7 +111,7 @@ async def create_rollback(
     environment: str,
     body: RollbackCreate,
     session: SessionDep,
-    job_queue: QueueDep,
+    jobs: JobsDep,
     settings: SettingsDep,
     key: Migrator,
     idempotency_key: IdempotencyKey = None,
@@ -121,7 +121,7 @@ async def create_rollback(
     up the current state, then restores the backup."""
     check_project(key, project_id)
     run, created = await service.rollback(
-        session, job_queue, settings, project_id, environment, body, key, idempotency_key
+        session, jobs, settings, project_id, environment, body, key, idempotency_key
     )
     return _run_response(run, created)
 
@@ -137,14 +137,14 @@ async def get_revisions(
     project_id: uuid.UUID,
     environment: str,
     session: SessionDep,
-    job_queue: QueueDep,
+    jobs: JobsDep,
     settings: SettingsDep,
     key: ProjectsReader,
 ) -> Revisions:
     """The revisions at the last deployed commit, with the current one, the head, what is
     pending, and when, by whom and how fast each applied one landed."""
     check_project(key, project_id)
-    return await service.revisions_of(session, job_queue, settings, project_id, environment)
+    return await service.revisions_of(session, jobs, settings, project_id, environment)
 
 
 @router.get(

@@ -6,15 +6,13 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import queue
+from hatchery import git, queue
 from hatchery.audit import service as audit
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, Unavailable
 from hatchery.keys.models import ApiKey, Scope
-from hatchery.migrations import execution, gating, repository, revisions, steps, workspace
+from hatchery.migrations import gating, repository
 from hatchery.migrations.models import Backup, MigrationRecord
-from hatchery.migrations.revisions import History
-from hatchery.migrations.runner import ChildFailed
 from hatchery.migrations.schemas import (
     AppliedInfo,
     DeploymentCreate,
@@ -24,10 +22,12 @@ from hatchery.migrations.schemas import (
     Revisions,
     RollbackCreate,
 )
-from hatchery.migrations.venvs import EnvironmentFailed
-from hatchery.projects import git, provisioning
+from hatchery.migrator import execution, revisions, workspace
+from hatchery.migrator.revisions import History
+from hatchery.migrator.runner import ChildFailed
+from hatchery.migrator.venvs import EnvironmentFailed
+from hatchery.projects import provisioning
 from hatchery.projects import service as projects
-from hatchery.projects.initialization import repository_path
 from hatchery.projects.models import Environment, Project, ProjectStatus
 from hatchery.runs import service as runs
 from hatchery.runs.models import Run, RunKind, RunTrigger
@@ -56,7 +56,7 @@ def _environment(project: Project, name: str, field: str | None = None) -> Envir
 
 
 async def _commit(project: Project, wanted: str | None, field: str) -> str:
-    commit = await git.head_commit(repository_path(project), wanted or "main")
+    commit = await git.head_commit(project.repository, wanted or "main")
     if commit is None:
         raise InvalidInput(
             f"commit {wanted} is not in the project's repository",
@@ -66,16 +66,16 @@ async def _commit(project: Project, wanted: str | None, field: str) -> str:
 
 
 async def _ask_worker(
-    job_queue: queue.Queue, settings: Settings, job: str, job_id: str, *args: str
+    jobs: queue.Queue, settings: Settings, job: str, job_id: str, *args: str
 ) -> dict[str, Any]:
     """What a worker answers (the api runs no project code); 503 with Retry-After when
     it takes longer than the request may wait (the worker goes on), or none is running."""
-    if not await queue.worker_alive(job_queue):
+    if not await queue.worker_alive(jobs):
         raise Unavailable("no worker is running to read the project's migrations", 10)
-    await queue.enqueue(job_queue, job, *args, job_id=job_id)
+    await queue.enqueue(jobs, job, *args, job_id=job_id)
     try:
         answer: dict[str, Any] = await queue.result(
-            job_queue, job_id, timeout=settings.inspection_wait_seconds
+            jobs, job_id, timeout=settings.inspection_wait_seconds
         )
     except TimeoutError:
         raise Unavailable(
@@ -88,15 +88,15 @@ async def _ask_worker(
 
 
 async def history_at(
-    job_queue: queue.Queue, settings: Settings, project: Project, commit: str
+    jobs: queue.Queue, settings: Settings, project: Project, commit: str
 ) -> History:
     """The revisions at `commit`, as a worker's child read them (cached by commit)."""
     digest = revisions.site_digest(project.alembic_ini, project.migration_settings)
-    found = await revisions.recall(job_queue, str(project.id), commit, digest)
+    found = await revisions.recall(jobs, str(project.id), commit, digest)
     if found is not None:
         return found
     job_id = f"history:{project.id}:{commit}:{digest}"
-    answer = await _ask_worker(job_queue, settings, INSPECT_JOB, job_id, str(project.id), commit)
+    answer = await _ask_worker(jobs, settings, INSPECT_JOB, job_id, str(project.id), commit)
     return History.from_child(answer)
 
 
@@ -124,7 +124,7 @@ async def _gate(
 
 async def deploy(
     session: AsyncSession,
-    job_queue: queue.Queue,
+    jobs: queue.Queue,
     settings: Settings,
     project_id: uuid.UUID,
     body: DeploymentCreate,
@@ -137,7 +137,7 @@ async def deploy(
     existing = await runs.find_by_idempotency_key(session, project.id, idempotency_key)
     if existing is not None:
         return existing, False
-    commit = await git.head_commit(repository_path(project), body.commit_sha)
+    commit = await git.head_commit(project.repository, body.commit_sha)
     # An unknown commit (or migrations a worker cannot read now) is not refused here: the
     # run's checkout or preflight fails with the reason, as CI expects. Only a later
     # environment in promotion order is gated here, so only it needs the target now.
@@ -145,17 +145,15 @@ async def deploy(
     gated = any(e.position < environment.position for e in project.environments)
     if commit is not None and gated and not body.force:
         try:
-            found = await history_at(job_queue, settings, project, commit)
+            found = await history_at(jobs, settings, project, commit)
             target = found.resolve(body.target_revision or revisions.HEAD)
         except (Unavailable, Conflict):
             target = None
     await _gate(session, project, environment, target, key, body.force)
     return await runs.create_run(
         session,
-        job_queue,
         project_id=project.id,
         kind=RunKind.upgrade,
-        steps=steps.UPGRADE.step_names,
         idempotency_key=idempotency_key,
         trigger=RunTrigger.deployment,
         params={
@@ -171,7 +169,7 @@ async def deploy(
 
 async def dry_run(
     session: AsyncSession,
-    job_queue: queue.Queue,
+    jobs: queue.Queue,
     settings: Settings,
     project_id: uuid.UUID,
     name: str,
@@ -184,11 +182,11 @@ async def dry_run(
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
-    found = await history_at(job_queue, settings, project, commit)
+    found = await history_at(jobs, settings, project, commit)
     target = _resolve(found, body.target)
     job_id = f"dry-run:{uuid.uuid4()}"
     answer = await _ask_worker(
-        job_queue, settings, DRY_RUN_JOB, job_id, str(project.id), name, commit, target
+        jobs, settings, DRY_RUN_JOB, job_id, str(project.id), name, commit, target
     )
     return DryRun.model_validate(answer)
 
@@ -207,7 +205,7 @@ def _resolve(found: History, wanted: str) -> str:
 
 async def start_migration(
     session: AsyncSession,
-    job_queue: queue.Queue,
+    jobs: queue.Queue,
     settings: Settings,
     project_id: uuid.UUID,
     name: str,
@@ -220,14 +218,12 @@ async def start_migration(
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
-    target = _resolve(await history_at(job_queue, settings, project, commit), body.target)
+    target = _resolve(await history_at(jobs, settings, project, commit), body.target)
     await _gate(session, project, environment, target, key, body.force)
     return await _create(
         session,
-        job_queue,
         project,
         RunKind.upgrade,
-        steps.UPGRADE.step_names,
         {"environment": name, "commit_sha": commit, "target_revision": target, "force": body.force},
         key,
         idempotency_key,
@@ -236,7 +232,7 @@ async def start_migration(
 
 async def rollback(
     session: AsyncSession,
-    job_queue: queue.Queue,
+    jobs: queue.Queue,
     settings: Settings,
     project_id: uuid.UUID,
     name: str,
@@ -251,7 +247,7 @@ async def rollback(
         if backup is None or backup.environment_id != environment.id:
             raise NotFound(f"Environment '{name}' has no backup {body.backup_id}")
         return await _create(
-            session, job_queue, project, RunKind.restore, steps.RESTORE.step_names,
+            session, project, RunKind.restore,
             {"environment": name, "backup_id": str(backup.id)}, key, idempotency_key,
         )  # fmt: skip
     assert body.target_revision is not None
@@ -259,31 +255,27 @@ async def rollback(
     if current is None:
         raise Conflict(f"Environment '{name}' has no revision to roll back from")
     commit = await _commit(project, environment.deployed_commit, "body.target_revision")
-    found = await history_at(job_queue, settings, project, commit)
+    found = await history_at(jobs, settings, project, commit)
     # Refused here, before anything runs, when a revision on the way cannot be undone.
     gating.revisions_to_revert(found, current, body.target_revision)
     return await _create(
-        session, job_queue, project, RunKind.downgrade, steps.DOWNGRADE.step_names,
+        session, project, RunKind.downgrade,
         {"environment": name, "target_revision": body.target_revision}, key, idempotency_key,
     )  # fmt: skip
 
 
 async def _create(
     session: AsyncSession,
-    job_queue: queue.Queue,
     project: Project,
     kind: RunKind,
-    step_names: list[str],
     params: dict[str, object],
     key: ApiKey,
     idempotency_key: str | None,
 ) -> tuple[Run, bool]:
     return await runs.create_run(
         session,
-        job_queue,
         project_id=project.id,
         kind=kind,
-        steps=step_names,
         idempotency_key=f"key:{idempotency_key}" if idempotency_key else None,
         params=params,
         key_id=key.id,
@@ -292,7 +284,7 @@ async def _create(
 
 async def revisions_of(
     session: AsyncSession,
-    job_queue: queue.Queue,
+    jobs: queue.Queue,
     settings: Settings,
     project_id: uuid.UUID,
     name: str,
@@ -301,12 +293,12 @@ async def revisions_of(
     if project.status in (ProjectStatus.deleting, ProjectStatus.deleted):
         raise Conflict(f"Project '{project.slug}' is {project.status}")
     environment = _environment(project, name)
-    commit = environment.deployed_commit or await git.head_commit(repository_path(project))
+    commit = environment.deployed_commit or await git.head_commit(project.repository)
     if commit is None or environment.database_url is None:
         return Revisions(
             environment=name, commit=commit, current=None, head=None, pending=[], history=[]
         )
-    found = await history_at(job_queue, settings, project, commit)
+    found = await history_at(jobs, settings, project, commit)
     current = await _current(environment, settings)
     landed = repository.applied(await repository.records(session, environment.id))
     head = found.heads[0] if len(found.heads) == 1 else None
@@ -368,7 +360,7 @@ async def _read(
 
     try:
         found = await execution.prepare(
-            settings, key, project, repository_path(project), commit, quiet
+            settings, key, projects.migrations_source(project), commit, quiet
         )
         url = provisioning.connection_url(environment, settings.encryption_secret)
         report = await execution.inspect(settings, found, url, quiet, **fields)

@@ -15,8 +15,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import text
 
+from hatchery import git
 from hatchery.config import Settings
-from hatchery.projects import git
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

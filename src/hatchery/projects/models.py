@@ -1,6 +1,7 @@
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text, func, text
@@ -51,6 +52,11 @@ class Project(UUIDPrimaryKey, CreatedAt, Base):
     initialization_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     initialization_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    @property
+    def repository(self) -> Path:
+        """The bare repository (or an adopted project's mirror) on this machine."""
+        return Path(self.repository_path)
 
     @property
     def adopted(self) -> bool:

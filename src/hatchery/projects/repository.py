@@ -2,12 +2,19 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from hatchery.keys.models import ApiKey
 from hatchery.projects.models import Environment, Project, ProjectStatus
+from hatchery.runs.models import Run
+
+
+async def load_project(session: AsyncSession, run: Run) -> Project:
+    """The project a run is about (it exists: a run's project is never deleted under it)."""
+    project = await get(session, run.project_id)
+    assert project is not None
+    return project
 
 
 async def get(session: AsyncSession, project_id: uuid.UUID) -> Project | None:
@@ -49,13 +56,3 @@ async def list_page(
     if after is not None:
         query = query.where(tuple_(Project.created_at, Project.id) < tuple_(*after))
     return (await session.scalars(query)).all()
-
-
-async def revoke_project_keys(session: AsyncSession, project_id: uuid.UUID, at: datetime) -> int:
-    result = await session.execute(
-        update(ApiKey)
-        .where(ApiKey.project_id == project_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=at)
-        .returning(ApiKey.id)
-    )
-    return len(result.all())

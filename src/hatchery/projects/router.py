@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery.db import SessionDep
-from hatchery.deps import IdempotencyKey, QueueDep, SettingsDep
+from hatchery.deps import IdempotencyKey, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.keys.auth import (
     CurrentKey,
@@ -57,7 +57,6 @@ async def _with_latest_run(session: AsyncSession, project: Project) -> ProjectOu
 async def create_project(
     body: ProjectCreate,
     session: SessionDep,
-    job_queue: QueueDep,
     settings: SettingsDep,
     key: ProjectsWriter,
     idempotency_key: IdempotencyKey = None,
@@ -68,7 +67,7 @@ async def create_project(
     first request made."""
     check_unbound(key)
     project, run, created = await service.create_project(
-        session, job_queue, settings, body, key, idempotency_key
+        session, settings, body, key, idempotency_key
     )
     answer = ProjectCreated(project=_project_out(project), run=run_out(run))
     return JSONResponse(
@@ -122,12 +121,12 @@ async def get_project(
     },
 )
 async def delete_project(
-    project_id: uuid.UUID, session: SessionDep, job_queue: QueueDep, key: ProjectsWriter
+    project_id: uuid.UUID, session: SessionDep, key: ProjectsWriter
 ) -> JSONResponse:
     """Start a `delete` run that drops the project's databases and roles, removes its
     repository and revokes its keys. Asking again returns the same run (200)."""
     check_project(key, project_id)
-    run, created = await service.delete_project(session, job_queue, project_id, key)
+    run, created = await service.delete_project(session, project_id, key)
     return JSONResponse(
         run_out(run).model_dump(mode="json"),
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
@@ -148,16 +147,13 @@ async def delete_project(
 async def retry_initialization(
     project_id: uuid.UUID,
     session: SessionDep,
-    job_queue: QueueDep,
     key: ProjectsWriter,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Start a new initialize run that skips the steps already done and resumes at the one
     that failed."""
     check_project(key, project_id)
-    run, created = await service.retry_initialization(
-        session, job_queue, project_id, key, idempotency_key
-    )
+    run, created = await service.retry_initialization(session, project_id, key, idempotency_key)
     return JSONResponse(
         run_out(run).model_dump(mode="json"),
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,

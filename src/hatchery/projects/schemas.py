@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from hatchery.projects.git import check_branch
+from hatchery.git import check_branch
 from hatchery.projects.models import ProjectStatus
 from hatchery.runs.schemas import RunOut
 from hatchery.text import VisibleText, visible

@@ -6,24 +6,29 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import crypto, pagination, queue
+from hatchery import crypto, pagination, redaction
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, InvalidInput, NotFound
 from hatchery.keys.models import ApiKey
-from hatchery.projects import (
-    admission,
-    adoption,
-    deletion,
-    initialization,
-    provisioning,
-    repository,
-    templates,
-)
+from hatchery.migrator import execution
+from hatchery.projects import admission, provisioning, repository, templates
 from hatchery.projects.models import Environment, Project, ProjectStatus
 from hatchery.projects.schemas import Adoption, MigrationSettingsUpdate, ProjectCreate
 from hatchery.runs import repository as runs_repository
 from hatchery.runs import service as runs
 from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger
+
+KEEPS = "An adopted project is forgotten: its databases and repository are left untouched."
+
+
+def migrations_source(project: Project) -> execution.Source:
+    """Where the project's migrations are and how it runs them, for the migrator."""
+    return execution.Source(
+        project_id=str(project.id),
+        repository=project.repository,
+        alembic_ini=project.alembic_ini,
+        chosen=project.migration_settings or {},
+    )
 
 
 def repository_path(settings: Settings, slug: str, project_id: uuid.UUID) -> Path:
@@ -32,7 +37,6 @@ def repository_path(settings: Settings, slug: str, project_id: uuid.UUID) -> Pat
 
 async def create_project(
     session: AsyncSession,
-    job_queue: queue.Queue,
     settings: Settings,
     body: ProjectCreate,
     key: ApiKey,
@@ -48,10 +52,10 @@ async def create_project(
     project_id = uuid.uuid4()
     if body.adopt is not None:
         project = await _adopted(settings, body, body.adopt, project_id)
-        plan, params = adoption.PLAN, {"variant": "adopt", "stamp": body.adopt.stamp}
+        params = {"variant": "adopt", "stamp": body.adopt.stamp}
     else:
         project = _hatched(settings, body, project_id)
-        plan, params = initialization.PLAN, {}
+        params = {}
     try:
         async with session.begin_nested():
             session.add(project)
@@ -64,10 +68,8 @@ async def create_project(
         raise Conflict(f"A project with slug '{body.slug}' already exists") from None
     run, _ = await runs.create_run(
         session,
-        job_queue,
         project_id=project.id,
         kind=RunKind.initialize,
-        steps=plan.step_names,
         params=params,
         key_id=key.id,
         idempotency_key=creation_key,
@@ -143,7 +145,7 @@ async def _adopted(
         name=body.name,
         template=None,
         status=ProjectStatus.pending,
-        repository_url=adoption.public_url(origin),
+        repository_url=redaction.public_url(origin),
         repository_path=str(repository_path(settings, body.slug, project_id)),
         origin_url=crypto.encrypt(origin, settings.encryption_secret),
         branch=adopt.branch,
@@ -220,7 +222,6 @@ async def set_migration_settings(
 
 async def retry_initialization(
     session: AsyncSession,
-    job_queue: queue.Queue,
     project_id: uuid.UUID,
     key: ApiKey,
     idempotency_key: str | None = None,
@@ -237,13 +238,10 @@ async def retry_initialization(
             f"Project '{project.slug}' is {project.status}: only a failed one is retried"
         )
     project.status = ProjectStatus.pending
-    plan = adoption.PLAN if project.adopted else initialization.PLAN
     return await runs.create_run(
         session,
-        job_queue,
         project_id=project_id,
         kind=RunKind.initialize,
-        steps=plan.step_names,
         params=last.params,
         trigger=RunTrigger.retry,
         attempt=last.attempt + 1,
@@ -253,7 +251,7 @@ async def retry_initialization(
 
 
 async def delete_project(
-    session: AsyncSession, job_queue: queue.Queue, project_id: uuid.UUID, key: ApiKey
+    session: AsyncSession, project_id: uuid.UUID, key: ApiKey
 ) -> tuple[Run, bool]:
     """Start a delete run; the run already under way (or done) when there is one. Returns
     the run and whether it was created now."""
@@ -265,19 +263,13 @@ async def delete_project(
     if active is not None:
         raise Conflict(f"Run {active.id} ({active.kind}) is under way: cancel it or wait for it")
     project.status = ProjectStatus.deleting
-    if project.adopted:
-        plan, params = adoption.FORGET, {"variant": "forget"}
-    else:
-        plan, params = deletion.PLAN, {}
     run, _ = await runs.create_run(
         session,
-        job_queue,
         project_id=project_id,
         kind=RunKind.delete,
-        steps=plan.step_names,
-        params=params,
+        params={"variant": "forget"} if project.adopted else {},
         key_id=key.id,
     )
     if project.adopted:
-        run.result = {"kept": adoption.KEEPS}
+        run.result = {"kept": KEEPS}
     return run, True

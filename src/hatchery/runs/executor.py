@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from hatchery import db, metrics, redaction
 from hatchery.config import Settings
 from hatchery.events import stream
-from hatchery.migrations import execution
+from hatchery.migrator import execution
 from hatchery.runs import repository
 from hatchery.runs.models import Run, RunStatus, Step, StepStatus
 
@@ -72,6 +72,8 @@ class Plan:
     on_start: Callable[[AsyncSession, Run], Awaitable[None]] | None = None
     # Held around all the steps (a migration lock); may wait, and may fail the run.
     exclusive: Callable[[StepContext], AbstractAsyncContextManager[None]] | None = None
+    # Called in the transaction that marks the run succeeded (every step done).
+    on_success: Callable[[AsyncSession, Run], Awaitable[None]] | None = None
     # Called in the transaction that marks the run failed or cancelled.
     on_failure: FailureHook | None = None
     # Whether a run whose heartbeat stopped is nonetheless at work (its migrator still
@@ -98,7 +100,7 @@ class Executor:
     _lost: set[uuid.UUID] = field(default_factory=set)
 
     async def execute(self, run_id: uuid.UUID) -> None:
-        async with self.sessionmaker() as session:
+        async with self.sessionmaker() as session, db.transaction(session):
             claimed = await repository.claim(session, run_id)
             run = await repository.get(session, run_id) if claimed else None
             if run is None:
@@ -109,7 +111,6 @@ class Executor:
                 await self._skip_done_steps(session, run)
             if plan.on_start is not None:
                 await plan.on_start(session, run)
-            await db.commit(session)
         structlog.contextvars.bind_contextvars(run_id=str(run_id), request_id=run.request_id)
         log.info("run_started", kind=run.kind)
         try:
@@ -132,8 +133,8 @@ class Executor:
     async def _abandon(self, run_id: uuid.UUID, plan: Plan) -> None:
         """Put a run cut short by shutdown back in the queue: the step under way (every
         step, unless the plan resumes) to be done again by whichever worker claims it."""
-        async with self.sessionmaker() as session:
-            run = await repository.get(session, run_id)
+        async with self.sessionmaker() as session, db.transaction(session):
+            run = await repository.get(session, run_id, for_update=True)
             if run is None or run.status != RunStatus.running:
                 return
             abandoned = [s.name for s in run.steps if s.status == StepStatus.running]
@@ -142,7 +143,6 @@ class Executor:
                     step.status, step.started_at, step.finished_at = StepStatus.pending, None, None
             # arq gives the job to the next worker; the reaper waits as for a new run.
             run.status, run.started_at, run.heartbeat_at = RunStatus.queued, None, db.utcnow()
-            await db.commit(session)
         message = f"worker stopping: {', '.join(abandoned) or 'the run'} will run again"
         await stream.publish(self.redis, run_id, "step.log", None, message=message)
         log.warning("run_abandoned", steps=abandoned)
@@ -165,13 +165,11 @@ class Executor:
             except Exception as exc:
                 error = str(exc)
                 log.warning("run_exclusive_failed", error=error)
-        async with self.sessionmaker() as session:
-            run = await repository.get(session, run_id)
+        async with self.sessionmaker() as session, db.transaction(session):
+            run = await repository.get(session, run_id, for_update=True)
             assert run is not None
             if run.status == RunStatus.running:
-                await finish_failed(
-                    session, self.redis, self.settings, run, plan, error, RunStatus.failed
-                )
+                await fail(session, self.redis, self.settings, run, plan, error)
 
     async def _skip_done_steps(self, session: AsyncSession, run: Run) -> None:
         done = await repository.succeeded_steps(session, run.project_id, run.kind, run.id)
@@ -190,39 +188,39 @@ class Executor:
             await stream.publish(self.redis, run_id, "step.started", name)
             if not await self._run_step(run_id, plan, name, function):
                 return
-        run = await self._persist(lambda: self._succeed(run_id))
-        metrics.run_finished(run)
+        run = await self._persist(lambda: self._succeed(run_id, plan))
+        metrics.run_finished(run.kind, run.status, run.seconds)
         await stream.publish(self.redis, run_id, "run.succeeded", status=RunStatus.succeeded)
         log.info("run_succeeded", kind=run.kind)
 
     async def _begin_step(self, run_id: uuid.UUID, plan: Plan, name: str) -> str:
         """`start` the step, or say it is `done` already, or that the run must `stop`
         (taken away, or cancelled: then recorded so)."""
-        async with self.sessionmaker() as session:
-            run = await repository.get(session, run_id)
+        async with self.sessionmaker() as session, db.transaction(session):
+            run = await repository.get(session, run_id, for_update=True)
             assert run is not None
             if run.status != RunStatus.running or run_id in self._lost:
                 log.warning("run_taken_away", status=run.status)
                 return "stop"
             if run.cancel_requested:
-                await finish_failed(
+                await fail(
                     session, self.redis, self.settings, run, plan, "cancelled",
-                    RunStatus.cancelled,
+                    status=RunStatus.cancelled,
                 )  # fmt: skip
                 return "stop"
             step = _step(run, name)
             if step.status in (StepStatus.succeeded, StepStatus.skipped):
                 return "done"
             step.status, step.started_at, step.error = StepStatus.running, db.utcnow(), None
-            await db.commit(session)
             return "start"
 
-    async def _succeed(self, run_id: uuid.UUID) -> Run:
-        async with self.sessionmaker() as session:
-            run = await repository.get(session, run_id)
+    async def _succeed(self, run_id: uuid.UUID, plan: Plan) -> Run:
+        async with self.sessionmaker() as session, db.transaction(session):
+            run = await repository.get(session, run_id, for_update=True)
             assert run is not None
             run.status, run.finished_at = RunStatus.succeeded, db.utcnow()
-            await db.commit(session)
+            if plan.on_success is not None:
+                await plan.on_success(session, run)
             return run
 
     async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
@@ -248,17 +246,15 @@ class Executor:
             assert run is not None
             context = StepContext(session, run, name, self.settings, self.redis, self.sessionmaker)
             try:
-                output = await function(context)
-                step = _step(run, name)
-                step.status, step.finished_at = StepStatus.succeeded, db.utcnow()
-                step.duration_ms = _ms_since(started)
-                step.output = output or {}
-                await db.commit(session)
+                async with db.transaction(session):
+                    output = await function(context)
+                    step = _step(run, name)
+                    step.status, step.finished_at = StepStatus.succeeded, db.utcnow()
+                    step.duration_ms = _ms_since(started)
+                    step.output = output or {}
             except Exception as exc:
-                with contextlib.suppress(Exception):
-                    await session.rollback()
-                fail = functools.partial(self._fail_step, run_id, plan, name, started, exc)
-                await self._persist(fail)
+                failed = functools.partial(self._fail_step, run_id, plan, name, started, exc)
+                await self._persist(failed)
                 return False
             metrics.STEP_SECONDS.labels(run.kind, name, "succeeded").observe(
                 step.duration_ms / 1000
@@ -277,22 +273,17 @@ class Executor:
         trace = redaction.redact("".join(traceback.format_exception(exc))[-TRACE_LIMIT:])
         message = redaction.redact(str(exc)) or type(exc).__name__
         log.warning("step_failed", step=name, error=message)
-        async with self.sessionmaker() as session:
-            failed = await repository.get(session, run_id)
+        async with self.sessionmaker() as session, db.transaction(session):
+            failed = await repository.get(session, run_id, for_update=True)
             assert failed is not None
             step = _step(failed, name)
-            step.status, step.finished_at = StepStatus.failed, db.utcnow()
-            step.duration_ms = _ms_since(started)
-            metrics.STEP_SECONDS.labels(failed.kind, name, "failed").observe(
-                step.duration_ms / 1000
-            )
-            step.error, step.error_trace = message, trace
             # What a step knows of its failure beyond the message (a migration's
             # exception, statement and traceback tail), readable through the api.
             step.output = getattr(exc, "details", None)
-            await finish_failed(
+            await fail(
                 session, self.redis, self.settings, failed, plan, f"{name}: {message}",
-                RunStatus.failed, step=name, error_code=_error_code(exc),
+                step=step, step_error=message, trace=trace, started=started,
+                error_code=_error_code(exc),
             )  # fmt: skip
 
     @contextlib.asynccontextmanager
@@ -311,9 +302,8 @@ class Executor:
                         self.settings.run_heartbeat_seconds,
                     )
                 try:
-                    async with self.sessionmaker() as session:
+                    async with self.sessionmaker() as session, db.transaction(session):
                         alive = await repository.heartbeat(session, run_id)
-                        await session.commit()
                 except Exception:
                     log.exception("heartbeat_failed")
                     continue
@@ -331,31 +321,48 @@ class Executor:
             self._lost.discard(run_id)
 
 
-async def finish_failed(
+async def fail(
     session: AsyncSession,
     redis: Redis,
     settings: Settings,
     run: Run,
     plan: Plan,
     error: str,
-    status: RunStatus,
     *,
-    step: str | None = None,
+    status: RunStatus = RunStatus.failed,
+    step: Step | None = None,
+    step_error: str | None = None,
+    trace: str | None = None,
+    started: float | None = None,
     error_code: str | None = None,
 ) -> None:
-    """Mark a run failed or cancelled, let its plan react, commit, then announce it."""
-    run.status, run.finished_at, run.error = status, db.utcnow(), error
+    """Mark a run failed or cancelled (and the step it failed in), in the caller's
+    transaction, and let its plan react; the events go out once that commits. The one
+    way a run fails: for the executor, the reaper and a cut-short exclusive section."""
+    now = db.utcnow()
+    if step is not None:
+        step.status, step.finished_at = StepStatus.failed, now
+        step.error, step.error_trace = step_error or error, trace
+        if started is not None:
+            step.duration_ms = _ms_since(started)
+            metrics.STEP_SECONDS.labels(run.kind, step.name, "failed").observe(
+                step.duration_ms / 1000
+            )
+    run.status, run.finished_at, run.error = status, now, error
     run.error_code = error_code or ("cancelled" if status == RunStatus.cancelled else "step_failed")
     if plan.on_failure is not None:
         await plan.on_failure(session, run, error)
-    await db.commit(session)
-    metrics.run_finished(run)
-    if step is not None:
-        await stream.publish(redis, run.id, "step.failed", step, error=error)
-    await stream.publish(
-        redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
-    )
-    await stream.expire(redis, run.id, settings.event_retention_seconds)
+
+    async def announce() -> None:
+        metrics.run_finished(run.kind, run.status, run.seconds)
+        if step is not None:
+            await stream.publish(redis, run.id, "step.failed", step.name, error=error)
+        await stream.publish(
+            redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
+        )
+        await stream.expire(redis, run.id, settings.event_retention_seconds)
+
+    db.after_commit(session, announce)
 
 
 def _error_code(exc: Exception) -> str | None:

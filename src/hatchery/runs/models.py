@@ -80,6 +80,13 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
         back_populates="run", lazy="raise", order_by="Step.position"
     )
 
+    @property
+    def seconds(self) -> float | None:
+        """How long it took, from start (or, never started, from creation) to its end."""
+        if self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - (self.started_at or self.created_at)).total_seconds())
+
 
 class Step(UUIDPrimaryKey, Base):
     __tablename__ = "step"

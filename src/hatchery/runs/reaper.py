@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from hatchery import db, queue
 from hatchery.config import Settings
 from hatchery.runs import repository, service
-from hatchery.runs.executor import Plans, alive_key, finish_failed
-from hatchery.runs.models import RunStatus, StepStatus
+from hatchery.runs.executor import Plans, alive_key, fail
+from hatchery.runs.models import StepStatus
 
 log = structlog.get_logger("hatchery.reaper")
 
@@ -19,14 +19,14 @@ log = structlog.get_logger("hatchery.reaper")
 async def reap(
     sessionmaker: async_sessionmaker[AsyncSession],
     redis: Redis,
-    job_queue: queue.Queue,
+    jobs: queue.Queue,
     settings: Settings,
     plans: Plans,
 ) -> int:
     stale_after = timedelta(seconds=settings.run_stale_after_seconds)
     reaped = 0
     while True:
-        async with sessionmaker() as session:
+        async with sessionmaker() as session, db.transaction(session):
             run = await repository.next_stale_running(session, stale_after)
             if run is None:
                 break
@@ -39,31 +39,16 @@ async def reap(
                 # migrator still holds the lock: failing the run now would lie, and could
                 # let a migration commit under a run recorded as failed.
                 run.heartbeat_at = db.utcnow()
-                await db.commit(session)
                 log.warning("run_silent_but_working", run_id=str(run.id))
                 continue
             running = next((s for s in run.steps if s.status == StepStatus.running), None)
             error = f"worker_lost: no heartbeat for {settings.run_stale_after_seconds:g} s"
-            if running is not None:
-                running.status, running.finished_at, running.error = (
-                    StepStatus.failed,
-                    db.utcnow(),
-                    error,
-                )
-            await finish_failed(
-                session,
-                redis,
-                settings,
-                run,
-                plan,
-                error,
-                RunStatus.failed,
-                step=running.name if running else None,
-                error_code="worker_lost",
+            await fail(
+                session, redis, settings, run, plan, error, step=running, error_code="worker_lost"
             )
             log.warning("run_reaped", run_id=str(run.id), step=running.name if running else None)
             reaped += 1
     async with sessionmaker() as session:
         for run_id in await repository.stale_queued(session, stale_after):
-            await service.enqueue(job_queue, run_id)
+            await service.enqueue(jobs, run_id)
     return reaped

@@ -2,11 +2,11 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, status
 from sse_starlette import EventSourceResponse
 
 from hatchery.db import SessionDep
-from hatchery.deps import HubDep, QueueDep, SettingsDep
+from hatchery.deps import HubDep, RedisDep, SettingsDep, ShuttingDownDep
 from hatchery.errors import error_responses
 from hatchery.events import sse, stream
 from hatchery.keys import tickets
@@ -41,12 +41,12 @@ async def get_run(
     responses=error_responses(409),
 )
 async def cancel_run(
-    run_id: uuid.UUID, session: SessionDep, job_queue: QueueDep, key: RunsWriter
+    run_id: uuid.UUID, session: SessionDep, redis: RedisDep, key: RunsWriter
 ) -> RunOut:
     """Ask a run to stop: a queued run is cancelled at once, a running one between its
     steps. A finished run answers 409."""
     check_project(key, (await service.get_run(session, run_id)).project_id)
-    return run_out(await service.cancel_run(session, job_queue, run_id))
+    return run_out(await service.cancel_run(session, redis, run_id))
 
 
 @router.get(
@@ -77,14 +77,14 @@ async def list_project_runs(
     responses=error_responses(404),
 )
 async def create_stream_ticket(
-    run_id: uuid.UUID, session: SessionDep, settings: SettingsDep, job_queue: QueueDep,
+    run_id: uuid.UUID, session: SessionDep, settings: SettingsDep, redis: RedisDep,
     key: RunsReader,
 ) -> StreamTicket:  # fmt: skip
     """For a browser's `EventSource`, which cannot send `Authorization`: a ticket to put in
     the events URL (`?ticket=`) instead of a key. It follows this run only, for
     `HATCHERY_SSE_TICKET_SECONDS`, reconnections included, while its key is not revoked."""
     check_project(key, (await service.get_run(session, run_id)).project_id)
-    ticket = await tickets.issue(job_queue, key.id, run_id, settings.sse_ticket_seconds)
+    ticket = await tickets.issue(redis, key.id, run_id, settings.sse_ticket_seconds)
     return StreamTicket(
         ticket=ticket,
         expires_in=settings.sse_ticket_seconds,
@@ -100,12 +100,12 @@ async def create_stream_ticket(
     responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream"}},
 )
 async def follow_run(
-    request: Request,
     run_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
-    job_queue: QueueDep,
+    redis: RedisDep,
     hub: HubDep,
+    shutting_down: ShuttingDownDep,
     key: Annotated[ApiKey, Depends(stream_reader)],
     _: StreamsLimited,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -117,16 +117,16 @@ async def follow_run(
     `?after=`), live events, and a final `end`. Works with `EventSource` and `curl -N`."""
     run = await service.get_run(session, run_id)
     check_project(key, run.project_id)
-    cursor, reset = await sse.resolve_cursor(job_queue, str(run_id), last_event_id or after)
+    cursor, reset = await sse.resolve_cursor(redis, str(run_id), last_event_id or after)
     snapshot = {
         "run_id": str(run_id),
         "ts": time.time(),
         "run": run_out(run).model_dump(mode="json"),
-        "progress": await stream.latest(job_queue, run_id, "step.progress"),
+        "progress": await stream.latest(redis, run_id, "step.progress"),
     }
     events = sse.run_events(
         hub,
-        job_queue,
+        redis,
         str(run_id),
         snapshot,
         run.status if run.status.finished else None,
@@ -141,6 +141,6 @@ async def follow_run(
         ping=settings.sse_ping_seconds,
         # On shutdown the stream sends a retry hint and ends; cancelled if it has not
         # within the grace period, well inside uvicorn's own graceful timeout.
-        shutdown_event=request.app.state.shutting_down,
+        shutdown_event=shutting_down,
         shutdown_grace_period=min(2.0, settings.shutdown_grace_seconds / 2),
     )

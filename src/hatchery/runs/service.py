@@ -12,7 +12,7 @@ from hatchery.errors import Conflict, NotFound
 from hatchery.events import stream
 from hatchery.keys.models import ApiKey, Scope
 from hatchery.observability import current_request_id
-from hatchery.runs import repository
+from hatchery.runs import plans, repository
 from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger, Step
 
 EXECUTE_JOB = "execute_run"
@@ -21,18 +21,16 @@ _ONCE = "_once"
 
 async def create_run(
     session: AsyncSession,
-    job_queue: queue.Queue,
     *,
     project_id: uuid.UUID,
     kind: RunKind,
-    steps: Sequence[str],
     trigger: RunTrigger = RunTrigger.api,
     attempt: int = 1,
     idempotency_key: str | None = None,
     params: dict[str, Any] | None = None,
     key_id: uuid.UUID | None = None,
 ) -> tuple[Run, bool]:
-    """A queued run with its planned steps, and whether it is new: with an idempotency
+    """A queued run with its plan's steps, and whether it is new: with an idempotency
     key, the run an earlier request made with it (two at once still make one). The job is
     enqueued once the caller's transaction commits."""
     if idempotency_key is not None:
@@ -45,7 +43,7 @@ async def create_run(
                 session,
                 project_id=project_id,
                 kind=kind,
-                steps=steps,
+                steps=plans.plan_for(kind, (params or {}).get("variant")).step_names,
                 trigger=trigger,
                 idempotency_key=idempotency_key,
                 params=params,
@@ -59,8 +57,17 @@ async def create_run(
         existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
         assert existing is not None
         return existing, False
-    db.after_commit(session, lambda: enqueue(job_queue, run.id))
+    jobs = jobs_of(session)
+    db.after_commit(session, lambda: enqueue(jobs, run.id))
     return run, True
+
+
+def jobs_of(session: AsyncSession) -> queue.Queue:
+    """The job queue the session's maker was given (`db.create_sessionmaker`)."""
+    jobs: queue.Queue | None = session.info.get(db.JOBS)
+    if jobs is None:
+        raise RuntimeError("this session enqueues runs but its sessionmaker has no job queue")
+    return jobs
 
 
 async def _add_run(
@@ -91,9 +98,9 @@ async def _add_run(
     return run
 
 
-async def enqueue(job_queue: queue.Queue, run_id: uuid.UUID) -> None:
+async def enqueue(jobs: queue.Queue, run_id: uuid.UUID) -> None:
     # The run id is the job id: arq refuses a second copy while the first is queued.
-    await queue.enqueue(job_queue, EXECUTE_JOB, str(run_id), job_id=f"run:{run_id}")
+    await queue.enqueue(jobs, EXECUTE_JOB, str(run_id), job_id=f"run:{run_id}")
 
 
 async def find_by_idempotency_key(
@@ -155,7 +162,7 @@ async def cancel_run(session: AsyncSession, redis: Redis, run_id: uuid.UUID) -> 
         run.error = "cancelled before it started"
 
         async def announce() -> None:
-            metrics.run_finished(run)
+            metrics.run_finished(run.kind, run.status, run.seconds)
             await stream.publish(redis, run.id, "run.cancelled", status=RunStatus.cancelled)
 
         db.after_commit(session, announce)

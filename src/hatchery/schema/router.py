@@ -4,7 +4,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from hatchery.db import SessionDep
-from hatchery.deps import QueueDep, SettingsDep
+from hatchery.deps import CachesDep, RedisDep, SettingsDep
 from hatchery.errors import error_responses
 from hatchery.keys.auth import check_project, require
 from hatchery.keys.models import ApiKey, Scope
@@ -15,6 +15,15 @@ from hatchery.schema.schemas import SchemaDocument, TableDocument, TableKind
 router = APIRouter(tags=["schema"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
 SchemaReader = Annotated[ApiKey, Depends(require(Scope.schema_read))]
+
+
+async def _schema_state(request: Request) -> service.SchemaState:
+    """The api process's schema engines (its lifespan state's)."""
+    found: service.SchemaState = request.state.schema
+    return found
+
+
+SchemaStateDep = Annotated[service.SchemaState, Depends(_schema_state)]
 ENVIRONMENT = "/projects/{project_id}/environments/{environment}"
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "The schema still has the ETag sent in If-None-Match"}
@@ -47,12 +56,13 @@ def _answer(answer: service.Answer) -> Response:
     responses=NOT_MODIFIED,
 )
 async def get_schema(
-    request: Request,
     project_id: uuid.UUID,
     environment: str,
     session: SessionDep,
     settings: SettingsDep,
-    redis: QueueDep,
+    redis: RedisDep,
+    state: SchemaStateDep,
+    caches: CachesDep,
     key: SchemaReader,
     schema: Annotated[list[str] | None, Query(description="Only these schemas.")] = None,
     kind: Annotated[list[TableKind] | None, Query(description="Only these kinds.")] = None,
@@ -69,8 +79,8 @@ async def get_schema(
         kinds=tuple(sorted(set(kind or []))),
         parts=service.parse_parts(include),
     )
-    answer = await _read(
-        request, session, settings, redis, project_id, environment, query, if_none_match
+    answer = await service.read(
+        session, redis, state, caches, settings, project_id, environment, query, if_none_match
     )
     return _answer(answer)
 
@@ -83,13 +93,14 @@ async def get_schema(
     responses=NOT_MODIFIED,
 )
 async def get_table_schema(
-    request: Request,
     project_id: uuid.UUID,
     environment: str,
     qualified_name: str,
     session: SessionDep,
     settings: SettingsDep,
-    redis: QueueDep,
+    redis: RedisDep,
+    state: SchemaStateDep,
+    caches: CachesDep,
     key: SchemaReader,
     include: Include = None,
     if_none_match: IfNoneMatch = None,
@@ -100,24 +111,7 @@ async def get_table_schema(
     query = service.Query(
         parts=service.parse_parts(include), table=service.parse_table(qualified_name)
     )
-    answer = await _read(
-        request, session, settings, redis, project_id, environment, query, if_none_match
+    answer = await service.read(
+        session, redis, state, caches, settings, project_id, environment, query, if_none_match
     )
     return _answer(answer)
-
-
-async def _read(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    redis: QueueDep,
-    project_id: uuid.UUID,
-    environment: str,
-    query: service.Query,
-    if_none_match: str | None,
-) -> service.Answer:
-    state = request.app.state
-    return await service.read(
-        session, redis, state.schema, state.caches, settings, project_id, environment, query,
-        if_none_match,
-    )  # fmt: skip

@@ -15,10 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from hatchery import crypto, invalidation
+from hatchery import crypto, invalidation, pgtools
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, HatcheryError, InvalidInput, NotFound
-from hatchery.migrations import revisions
 from hatchery.projects import repository as projects_repository
 from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, ProjectStatus
@@ -115,17 +114,18 @@ async def read(
     query: Query,
     if_none_match: str | None,
 ) -> Answer:
-    environment = known.environments.get((project_id, environment_name))
+    remembered = known.named(invalidation.ENVIRONMENTS)
+    environment: Environment | None = remembered.get((project_id, environment_name))
     if environment is None:
         environment = await _environment(session, project_id, environment_name)
         # Remembered while it has a database; deleting the project makes processes forget.
-        known.environments[project_id, environment_name] = Environment(
+        remembered[project_id, environment_name] = Environment(
             id=environment.id,
             name=environment.name,
             database_url=environment.database_url,
             version_table=environment.version_table,
         )
-    query = replace(query, version_table=revisions.quoted_table(environment.version_table))
+    query = replace(query, version_table=pgtools.quoted_version_table(environment.version_table))
     assert environment.database_url is not None
     engine = state.engines.get(
         environment.id,

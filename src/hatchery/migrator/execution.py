@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hatchery.config import Settings
-from hatchery.migrations import revisions, venvs, workspace
-from hatchery.migrations.runner import Conversation, Hooks, LocalRunner, Runner, Site, request, run
-from hatchery.migrations.sandbox import Sandbox
-from hatchery.projects.models import Project
+from hatchery.migrator import revisions, venvs, workspace
+from hatchery.migrator.runner import Conversation, Hooks, LocalRunner, Runner, Site, request, run
+from hatchery.migrator.sandbox import Sandbox
 
 Log = Callable[[str], Awaitable[None]]
 LOG_LINES = 1000
@@ -39,8 +38,7 @@ class Prepared:
         }
 
 
-def site_of(project: Project, ini: str) -> Site:
-    chosen = project.migration_settings or {}
+def site_of(chosen: dict[str, Any], ini: str) -> Site:
     return Site(
         ini=ini,
         section=chosen.get("section", "alembic"),
@@ -72,16 +70,24 @@ def capped(log: Log) -> Log:
     return capped_log
 
 
-async def prepare(
-    settings: Settings, key: str, project: Project, repository: Path, commit: str, log: Log
-) -> Prepared:
+@dataclass(frozen=True)
+class Source:
+    """Where a project's migrations are, and how its authors run them."""
+
+    project_id: str
+    repository: Path
+    alembic_ini: str | None  # the project's choice; found in the checkout when None
+    chosen: dict[str, Any]  # migration settings: section, env_py, requirements, ...
+
+
+async def prepare(settings: Settings, key: str, source: Source, commit: str, log: Log) -> Prepared:
     """The project's files at `commit` (once per key) and its environment (once per lock,
     across runs)."""
     building = Sandbox.from_settings(settings, settings.venv_build_timeout_seconds)
-    found = await workspace.open_workspace(settings, building, key, repository, commit)
-    ini = workspace.find_alembic_ini(found.checkout, project.alembic_ini)
-    site = site_of(project, ini)
-    requirements = (project.migration_settings or {}).get("requirements")
+    found = await workspace.open_workspace(settings, building, key, source.repository, commit)
+    ini = workspace.find_alembic_ini(found.checkout, source.alembic_ini)
+    site = site_of(source.chosen, ini)
+    requirements = source.chosen.get("requirements")
     python = venvs.base_python(settings, building)
     version = await venvs.version_of(python)
     declared = venvs.declared(
@@ -90,9 +96,9 @@ async def prepare(
     venvs.check_python(declared, version)
     started = time.monotonic()
     builder = venvs.Builder(settings, building, capped(log))
-    interpreter = await builder.ensure(str(project.id), declared, python, found.path)
+    interpreter = await builder.ensure(source.project_id, declared, python, found.path)
     built_ms = round((time.monotonic() - started) * 1000)
-    digest = revisions.site_digest(project.alembic_ini, project.migration_settings)
+    digest = revisions.site_digest(source.alembic_ini, source.chosen)
     return Prepared(found, site, interpreter, declared.kind, built_ms, digest)
 
 

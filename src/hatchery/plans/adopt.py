@@ -6,7 +6,6 @@ import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from sqlalchemy import text
@@ -15,27 +14,22 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from hatchery import crypto, redaction
+from hatchery import crypto, git, redaction
 from hatchery.config import Settings
-from hatchery.migrations import (
-    execution,
-    history,
-    locking,
-    repository,
-    revisions,
-    venvs,
-    workspace,
-)
+from hatchery.migrations import history, repository
 from hatchery.migrations.models import Direction
-from hatchery.migrations.revisions import History
-from hatchery.migrations.runner import ChildFailed, Hooks
-from hatchery.migrations.sandbox import Sandbox
-from hatchery.projects import admission, deletion, git, initialization, provisioning
-from hatchery.projects.initialization import load_project, repository_path
+from hatchery.migrator import execution, locking, revisions, venvs, workspace
+from hatchery.migrator.revisions import History
+from hatchery.migrator.runner import ChildFailed, Hooks
+from hatchery.migrator.sandbox import Sandbox
+from hatchery.plans import delete as deletion
+from hatchery.plans import initialize as initialization
+from hatchery.projects import admission, provisioning
+from hatchery.projects import service as projects
 from hatchery.projects.models import Project
+from hatchery.projects.repository import load_project
 from hatchery.runs.executor import Plan, StepContext
 
-KEEPS = "An adopted project is forgotten: its databases and repository are left untouched."
 UNREACHABLE = (
     "cannot connect: check the host, port, database name and credentials, and that the "
     "server accepts connections from Hatchery"
@@ -49,21 +43,11 @@ class AdoptionError(RuntimeError):
     pass
 
 
-def public_url(repository_url: str) -> str:
-    """The repository URL without credentials."""
-    parts = urlsplit(repository_url)
-    if not parts.password and not parts.username:
-        return repository_url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def fetch(project: Project, settings: Settings) -> None:
     """Bring the local mirror up to date with the adopted repository (checked again: the
     rules may have changed since the project was adopted)."""
     assert project.origin_url is not None
-    mirror = repository_path(project)
+    mirror = project.repository
     try:
         origin = admission.check_repository(
             crypto.decrypt(project.origin_url, settings.encryption_secret), settings
@@ -83,7 +67,7 @@ async def fetch(project: Project, settings: Settings) -> None:
 async def commit_of(context: StepContext, project: Project) -> str:
     """The adopted commit: verify_repository's, or (resuming after it) its branch's head."""
     found = context.output_of("verify_repository").get("commit")
-    commit = found or await git.head_commit(repository_path(project), project.branch or "main")
+    commit = found or await git.head_commit(project.repository, project.branch or "main")
     if commit is None:
         raise AdoptionError(f"branch {project.branch} is not in {project.repository_url}")
     return str(commit)
@@ -95,7 +79,7 @@ async def verify_repository(context: StepContext) -> dict[str, Any]:
     commit = await commit_of(context, project)
     found = await workspace.open_workspace(
         context.settings, Sandbox.from_settings(context.settings, 0), str(context.run.id),
-        repository_path(project), commit,
+        project.repository, commit,
     )  # fmt: skip
     try:
         project.alembic_ini = workspace.find_alembic_ini(found.checkout, project.alembic_ini)
@@ -108,7 +92,7 @@ async def prepared(context: StepContext) -> execution.Prepared:
     project = await load_project(context.session, context.run)
     commit = await commit_of(context, project)
     return await execution.prepare(
-        context.settings, str(context.run.id), project, repository_path(project), commit,
+        context.settings, str(context.run.id), projects.migrations_source(project), commit,
         context.log,
     )  # fmt: skip
 
@@ -267,10 +251,10 @@ async def record_baseline(context: StepContext) -> dict[str, Any]:
 
 async def remove_mirror(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
-    path = repository_path(project)
+    path = project.repository
     await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
     await asyncio.to_thread(venvs.forget, context.settings, str(project.id))
-    return {"removed": str(path), "kept": KEEPS}
+    return {"removed": str(path), "kept": projects.KEEPS}
 
 
 async def forget_backups(context: StepContext) -> dict[str, Any]:
@@ -301,6 +285,7 @@ PLAN = Plan(
     ],
     resumable=True,
     on_start=initialization.PLAN.on_start,
+    on_success=initialization.PLAN.on_success,
     on_failure=initialization.PLAN.on_failure,
 )
 

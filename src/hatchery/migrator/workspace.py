@@ -8,9 +8,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hatchery import git
 from hatchery.config import Settings
-from hatchery.migrations.sandbox import Sandbox
-from hatchery.projects import git
+from hatchery.migrator.sandbox import Sandbox
 
 EXPORTED = ".exported"
 

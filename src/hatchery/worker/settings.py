@@ -9,14 +9,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from hatchery import db, files, metrics
+from hatchery import db, files, metrics, plans
 from hatchery.config import Settings, get_settings
-from hatchery.migrations import workspace
 from hatchery.migrations.service import DRY_RUN_JOB, INSPECT_JOB
+from hatchery.migrator import workspace
 from hatchery.observability import configure_logging
 from hatchery.queue import HEALTH_KEY, QUEUE_NAME, deserialize, serialize
 from hatchery.runs.service import EXECUTE_JOB
-from workers import jobs
+from hatchery.worker import jobs
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -24,10 +24,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
     files.make_private(settings.repositories_dir, settings.backups_dir)
     files.undumpable()
+    plans.register()
     workspace.prepare(settings)
     ctx.setdefault("stopping", asyncio.Event())  # set on SIGTERM by `hatchery worker`
     ctx["engine"] = db.create_engine(settings.require_database_url())
-    ctx["sessionmaker"] = db.create_sessionmaker(ctx["engine"])
+    ctx["sessionmaker"] = db.create_sessionmaker(ctx["engine"], ctx["redis"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -39,7 +40,7 @@ async def job_started(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    """Defaults for `arq workers.settings.WorkerSettings`; `hatchery worker` overrides
+    """Defaults for `arq hatchery.worker.settings.WorkerSettings`; `hatchery worker` overrides
     them from Settings."""
 
     functions = [

@@ -1,4 +1,4 @@
-from hatchery.projects.adoption import public_url
+from hatchery.redaction import public_url
 
 
 def test_repository_credentials_are_never_shown() -> None:

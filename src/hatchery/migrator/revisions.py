@@ -12,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from hatchery import pgtools
+
 BASE = "base"
 HEAD = "head"
 CACHE_SECONDS = 7 * 24 * 3600
@@ -109,25 +111,18 @@ async def recall(redis: Redis, project_id: str, commit: str, digest: str) -> His
     return History.from_child(json.loads(found)) if found else None
 
 
-def quoted_table(version_table: str | None) -> str:
-    """`schema.table` as an identifier PostgreSQL reads."""
-    parts = (version_table or "alembic_version").split(".")
-    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
-
-
 async def current(database_url: str, version_table: str | None) -> str | None:
     """The revision in the project's version table (None when it has none). Plain SQL:
     reading a table runs none of the project's code."""
     engine = create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": 10})
+    table = pgtools.quoted_version_table(version_table)
     try:
         async with engine.connect() as conn:
-            relation = await conn.scalar(
-                text("SELECT to_regclass(:name)"), {"name": quoted_table(version_table)}
-            )
+            relation = await conn.scalar(text("SELECT to_regclass(:name)"), {"name": table})
             if relation is None:
                 return None
             found = await conn.scalar(
-                text(f"SELECT version_num FROM {quoted_table(version_table)} LIMIT 1")  # noqa: S608
+                text(f"SELECT version_num FROM {table} LIMIT 1")  # noqa: S608
             )
             return str(found) if found is not None else None
     finally:

@@ -10,23 +10,18 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import db
+from hatchery import db, git
 from hatchery.config import Settings
-from hatchery.migrations import (
-    backups,
-    execution,
-    gating,
-    history,
-    locking,
-    repository,
-    revisions,
-)
+from hatchery.migrations import gating, history, repository
 from hatchery.migrations.models import Backup, Direction
-from hatchery.migrations.revisions import History
-from hatchery.migrations.runner import ChildFailed, Hooks
-from hatchery.projects import adoption, git, provisioning
-from hatchery.projects.initialization import load_project, repository_path
+from hatchery.migrator import backups, execution, locking, revisions
+from hatchery.migrator.revisions import History
+from hatchery.migrator.runner import ChildFailed, Hooks
+from hatchery.plans import adopt as adoption
+from hatchery.projects import provisioning
+from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, Project
+from hatchery.projects.repository import load_project
 from hatchery.runs import repository as runs_repository
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run, RunStatus
@@ -80,7 +75,7 @@ async def prepared(context: StepContext, commit: str) -> execution.Prepared:
     step that asks, found again by the others."""
     project = await load_project(context.session, context.run)
     return await execution.prepare(
-        context.settings, str(context.run.id), project, repository_path(project), commit,
+        context.settings, str(context.run.id), projects.migrations_source(project), commit,
         context.log,
     )  # fmt: skip
 
@@ -100,7 +95,7 @@ async def resolve_commit(context: StepContext) -> dict[str, Any]:
     if project.adopted:
         await adoption.fetch(project, context.settings)
     wanted = context.run.params["commit_sha"]
-    commit = await git.head_commit(repository_path(project), wanted)
+    commit = await git.head_commit(project.repository, wanted)
     if commit is None:
         raise StepError(f"commit {wanted} is not in the project's repository")
     return {"commit": commit}
@@ -325,7 +320,7 @@ async def _record_failure(
 ) -> None:
     """Written beside the step's own transaction, which the failure rolls back: what landed
     (revision by revision) and what failed, and where the database now stands."""
-    async with context.sessionmaker() as session:
+    async with context.sessionmaker() as session, db.transaction(session):
         project = await load_project(session, context.run)
         environment = next(
             e for e in project.environments if e.name == context.run.params["environment"]
@@ -343,7 +338,6 @@ async def _record_failure(
             environment.revision = await revisions.current(url, environment.version_table)
             if direction == Direction.upgrade:
                 environment.deployed_commit = context.output_of("checkout")["commit"]
-        await session.commit()
 
 
 async def record(context: StepContext) -> dict[str, Any]:
@@ -395,7 +389,7 @@ async def downgrade(context: StepContext) -> dict[str, Any]:
 
 async def deployed_commit(context: StepContext) -> dict[str, Any]:
     project, environment = await environment_of(context)
-    commit = environment.deployed_commit or await git.head_commit(repository_path(project))
+    commit = environment.deployed_commit or await git.head_commit(project.repository)
     if commit is None:
         raise StepError("the project's repository has no commits")
     return {"commit": commit}

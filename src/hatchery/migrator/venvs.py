@@ -28,7 +28,7 @@ from uv import find_uv_bin
 
 from hatchery import redaction
 from hatchery.config import Settings
-from hatchery.migrations.sandbox import Sandbox, SandboxTimeout
+from hatchery.migrator.sandbox import Sandbox, SandboxTimeout
 
 READY = ".ready"
 OUTPUT_TAIL = 30

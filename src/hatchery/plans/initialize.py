@@ -9,36 +9,30 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hatchery import db, git
 from hatchery.keys import service as keys
 from hatchery.keys.models import Scope
-from hatchery.migrations import execution, history, locking, revisions
+from hatchery.migrations import history
 from hatchery.migrations import repository as migrations_repository
 from hatchery.migrations.models import Direction
-from hatchery.migrations.revisions import History
-from hatchery.migrations.runner import ChildFailed, Hooks
-from hatchery.projects import git, provisioning, repository, templates
-from hatchery.projects.models import Environment, Project, ProjectStatus
+from hatchery.migrator import execution, locking, revisions
+from hatchery.migrator.revisions import History
+from hatchery.migrator.runner import ChildFailed, Hooks
+from hatchery.projects import provisioning, repository, templates
+from hatchery.projects import service as projects
+from hatchery.projects.models import Environment, ProjectStatus
+from hatchery.projects.repository import load_project
 from hatchery.runs import service as runs
 from hatchery.runs.executor import Plan, StepContext
-from hatchery.runs.models import Run, StepStatus
+from hatchery.runs.models import Run
 
 
 class BaselineError(RuntimeError):
     pass
 
 
-async def load_project(session: AsyncSession, run: Run) -> Project:
-    project = await repository.get(session, run.project_id)
-    assert project is not None
-    return project
-
-
-def repository_path(project: Project) -> Path:
-    return Path(project.repository_path)
-
-
 async def create_repository(context: StepContext) -> dict[str, Any]:
-    path = repository_path(await load_project(context.session, context.run))
+    path = (await load_project(context.session, context.run)).repository
     if not (path / "HEAD").exists():
         await git.init_bare(path)
     return {"path": str(path)}
@@ -46,7 +40,7 @@ async def create_repository(context: StepContext) -> dict[str, Any]:
 
 async def render_template(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
-    path = repository_path(project)
+    path = project.repository
     existing = await git.head_commit(path)
     if existing is not None:
         return {"commit": existing}
@@ -85,12 +79,13 @@ async def prepared(context: StepContext) -> execution.Prepared:
     """The project's files at its first commit and its own environment, for the steps
     that run its migrations (found again, not rebuilt, by the later ones)."""
     project = await load_project(context.session, context.run)
-    path = repository_path(project)
+    path = project.repository
     commit = await git.head_commit(path)
     assert commit is not None
     return await execution.prepare(
-        context.settings, str(context.run.id), project, path, commit, context.log
-    )
+        context.settings, str(context.run.id), projects.migrations_source(project), commit,
+        context.log,
+    )  # fmt: skip
 
 
 async def prepare_environment(context: StepContext) -> dict[str, Any]:
@@ -127,7 +122,7 @@ async def apply_baseline(context: StepContext) -> dict[str, Any]:
             raise BaselineError(f"{environment.name}: {failure}") from None
         version_table = done.get("version_table")
         current = await revisions.current(url, version_table)
-        async with context.sessionmaker() as session:
+        async with context.sessionmaker() as session, db.transaction(session):
             kept = await repository.get_environment(session, project.id, environment.name)
             assert kept is not None
             if not applied and current is not None:
@@ -136,7 +131,6 @@ async def apply_baseline(context: StepContext) -> dict[str, Any]:
             history.record_applied(session, kept, context.run, applied, sha256s, Direction.upgrade)
             kept.version_table, kept.revision = version_table, current
             kept.deployed_commit = found.workspace.commit
-            await session.commit()
         landed[environment.name] = current
     return {"revisions": landed, "commit": found.workspace.commit}
 
@@ -183,12 +177,13 @@ async def issue_deploy_token(context: StepContext) -> dict[str, Any]:
 
 async def finalize(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
-    step = next(s for s in context.run.steps if s.name == "finalize")
-    step.status, step.duration_ms = StepStatus.succeeded, 0
     project.status = ProjectStatus.active
     project.initialization_error = None
-    project.initialization_summary = runs.summarize(context.run)
     return {"status": project.status}
+
+
+async def _succeeded(session: AsyncSession, run: Run) -> None:
+    (await load_project(session, run)).initialization_summary = runs.summarize(run)
 
 
 async def _started(session: AsyncSession, run: Run) -> None:
@@ -214,5 +209,6 @@ PLAN = Plan(
     ],
     resumable=True,
     on_start=_started,
+    on_success=_succeeded,
     on_failure=_failed,
 )

@@ -7,10 +7,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchery import db, invalidation
-from hatchery.migrations import venvs
-from hatchery.projects import provisioning, repository
-from hatchery.projects.initialization import load_project, repository_path
+from hatchery.keys import repository as keys_repository
+from hatchery.migrator import venvs
+from hatchery.projects import provisioning
 from hatchery.projects.models import ProjectStatus
+from hatchery.projects.repository import load_project
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run
 
@@ -27,14 +28,14 @@ async def drop_databases(context: StepContext) -> dict[str, Any]:
 
 async def remove_repository(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
-    path = repository_path(project)
+    path = project.repository
     await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
     await asyncio.to_thread(venvs.forget, context.settings, str(project.id))
     return {"removed": str(path)}
 
 
 async def revoke_keys(context: StepContext) -> dict[str, Any]:
-    revoked = await repository.revoke_project_keys(
+    revoked = await keys_repository.revoke_project_keys(
         context.session, context.run.project_id, db.utcnow()
     )
     db.after_commit(

@@ -25,8 +25,8 @@ from sqlalchemy.engine import make_url
 
 from hatchery import redaction
 from hatchery.config import Settings
-from hatchery.migrations.sandbox import Sandbox, kill, lines
-from hatchery.migrations.workspace import Workspace
+from hatchery.migrator.sandbox import Sandbox, kill, lines
+from hatchery.migrator.workspace import Workspace
 
 CHILD = Path(__file__).with_name("child.py")
 LOG_TAIL = 40

@@ -5,30 +5,14 @@ import uuid
 from typing import Any
 
 from hatchery.migrations import service as migrations_service
-from hatchery.migrations import steps as migrations
-from hatchery.projects import adoption, deletion, initialization
 from hatchery.runs import reaper
-from hatchery.runs.executor import Executor, Plan
-from hatchery.runs.models import Run, RunKind
-
-PLANS: dict[tuple[RunKind, str | None], Plan] = {
-    (RunKind.initialize, None): initialization.PLAN,
-    (RunKind.initialize, "adopt"): adoption.PLAN,
-    (RunKind.upgrade, None): migrations.UPGRADE,
-    (RunKind.downgrade, None): migrations.DOWNGRADE,
-    (RunKind.restore, None): migrations.RESTORE,
-    (RunKind.delete, None): deletion.PLAN,
-    (RunKind.delete, "forget"): adoption.FORGET,
-}
-
-
-def plan_for(run: Run) -> Plan:
-    return PLANS[(run.kind, run.params.get("variant"))]
+from hatchery.runs.executor import Executor
+from hatchery.runs.plans import of_run
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:
     executor = Executor(
-        ctx["sessionmaker"], ctx["redis"], ctx["settings"], plan_for, ctx["stopping"].is_set
+        ctx["sessionmaker"], ctx["redis"], ctx["settings"], of_run, ctx["stopping"].is_set
     )
     await executor.execute(uuid.UUID(run_id))
 
@@ -52,7 +36,7 @@ async def dry_run(
 
 async def reap_runs(ctx: dict[str, Any]) -> int:
     return await reaper.reap(
-        ctx["sessionmaker"], ctx["redis"], ctx["redis"], ctx["settings"], plan_for
+        ctx["sessionmaker"], ctx["redis"], ctx["redis"], ctx["settings"], of_run
     )
 
 
