@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -242,28 +243,39 @@ async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
 
 @asynccontextmanager
 async def serving(
-    app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client of `app` as uvicorn would serve it: its lifespan run, each
-    request given the lifespan's state; its sessions from `sessionmaker` when given."""
-    async with app.router.lifespan_context(app) as state:
+    """An in-process client of `app` as uvicorn would serve it: each request given the
+    lifespan's state (`state`, or a lifespan run for this client), its sessions from
+    `sessionmaker` when given."""
+    async with contextlib.AsyncExitStack() as stack:
+        if state is None:
+            state = await stack.enter_async_context(app.router.lifespan_context(app))
+        shared = state
 
         async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            await app(scope | {"state": dict(state)}, receive, send)
+            await app(scope | {"state": dict(shared)}, receive, send)
 
         if sessionmaker is not None:
             app.dependency_overrides[db.sessionmaker_of] = lambda: sessionmaker
+            stack.callback(app.dependency_overrides.clear)
         transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False)
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield client
-        finally:
-            app.dependency_overrides.clear()
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
 
 
 @pytest.fixture(scope="session")
 def app(settings: Settings) -> FastAPI:
     return create_app(settings)
+
+
+@pytest.fixture(scope="session")
+async def app_state(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    """The shared app's lifespan, run once for the session."""
+    async with app.router.lifespan_context(app) as state:
+        yield dict(state)
 
 
 @pytest.fixture(autouse=True)
@@ -275,9 +287,9 @@ async def _clean_redis(redis_server: EmbeddedRedis) -> None:
 
 @pytest.fixture
 async def client(
-    app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession]
+    app: FastAPI, app_state: dict[str, Any], sessionmaker: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(app, sessionmaker) as client:
+    async with serving(app, sessionmaker, app_state) as client:
         yield client
 
 

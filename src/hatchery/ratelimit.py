@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from hatchery.config import Settings
@@ -34,13 +35,13 @@ class TooManyRequests(HatcheryError):
 
 
 class RateLimiter:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool: ConnectionPool) -> None:
+        # The process's own connection pool (its owner closes it), not one of its own.
         storage = RedisStorage(
             "async+" + settings.require_redis_url(),
             implementation="redispy",
             key_prefix="hatchery:ratelimit",
-            socket_connect_timeout=2,
-            socket_timeout=2,
+            connection_pool=pool,  # type: ignore[arg-type]  # documented; typed as scalars
         )
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self.enabled = settings.rate_limits_enabled
