@@ -1,6 +1,8 @@
 import subprocess
 import time
 
+import pytest
+
 from hatchery import queue
 from hatchery.embedded import EmbeddedRedis
 
@@ -29,3 +31,16 @@ async def test_same_job_id_is_enqueued_once(redis_server: EmbeddedRedis) -> None
         await queue.close(client)
     assert first == "same-run"
     assert second is None
+
+
+async def test_a_job_that_raised_is_reported_as_failed_not_as_a_result(
+    redis_server: EmbeddedRedis, worker_process: subprocess.Popen[bytes]
+) -> None:
+    client = queue.connect(redis_server.url)
+    try:
+        job_id = await queue.enqueue(client, "ping", 1.0, "an argument too many")
+        assert job_id is not None
+        with pytest.raises(queue.JobFailed, match="TypeError"):
+            await queue.result(client, job_id, timeout=30)
+    finally:
+        await queue.close(client)

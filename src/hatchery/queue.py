@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix
-from arq.jobs import Job
+from arq.jobs import Job, SerializationError
 from redis.asyncio import ConnectionPool
 
 QUEUE_NAME = "hatchery:queue"
@@ -57,10 +57,18 @@ async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None)
     return enqueued.job_id if enqueued else None
 
 
+class JobFailed(RuntimeError):
+    """The job raised: its exception, as the worker recorded it (a repr)."""
+
+
 async def result(queue: Queue, job_id: str, timeout: float) -> Any:
-    """The job's result; TimeoutError when it has none yet after `timeout` seconds."""
+    """The job's result; TimeoutError when it has none yet after `timeout` seconds,
+    JobFailed when it raised."""
     job = Job(job_id, queue, _queue_name=QUEUE_NAME, _deserializer=deserialize)
-    return await job.result(timeout=timeout, poll_delay=0.02)
+    try:
+        return await job.result(timeout=timeout, poll_delay=0.02)
+    except SerializationError as exc:  # a failure kept as JSON (see serialize)
+        raise JobFailed(str(exc)) from None
 
 
 async def worker_alive(queue: Queue) -> bool:

@@ -110,3 +110,18 @@ async def test_same_idempotency_key_returns_the_first_project_and_run(
     assert again.json()["project"]["id"] == first.json()["project"]["id"]
     other = await client.post("/api/v1/projects", json=body, headers=bearer(admin_token))
     assert other.status_code == 409
+
+
+async def test_an_alembic_ini_path_no_file_system_can_hold_is_refused_naming_the_field(
+    client: httpx.AsyncClient, admin_token: str
+) -> None:
+    # Found by the fuzzer: a 300-byte name reached the worker, whose lookup raised.
+    project = (await _create(client, admin_token, "long-names")).json()["project"]
+    answer = await client.put(
+        f"/api/v1/projects/{project['id']}/migration-settings",
+        json={"alembic_ini": "a" * 300 + "/alembic.ini"},
+        headers=bearer(admin_token),
+    )
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "body.alembic_ini"
+    assert "at most 255 bytes" in answer.json()["errors"][0]["message"]

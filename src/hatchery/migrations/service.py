@@ -2,11 +2,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import git, queue
+from hatchery import git, queue, redaction
 from hatchery.audit import service as audit
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, Unavailable
@@ -31,6 +32,8 @@ from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, Project, ProjectStatus
 from hatchery.runs import service as runs
 from hatchery.runs.models import Run, RunKind, RunTrigger
+
+log = structlog.get_logger("hatchery.migrations")
 
 INSPECT_JOB = "inspect_history"
 DRY_RUN_JOB = "dry_run"
@@ -82,6 +85,9 @@ async def _ask_worker(
             "a worker is still reading the project's migrations (its Python environment "
             "may be building): try again shortly"
         ) from None
+    except queue.JobFailed as exc:
+        log.error("worker_job_failed", job=job, error=redaction.redact(str(exc)))
+        raise Unavailable("a worker failed to read the project's migrations", 30) from None
     if "error" in answer:
         raise Conflict(answer["error"])
     return answer

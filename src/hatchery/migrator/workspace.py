@@ -80,8 +80,12 @@ def find_alembic_ini(tree: Path, configured: str | None = None) -> str:
     """The repository's alembic.ini, relative to its root: where the project says, or the
     only one there is."""
     if configured:
-        path = (tree / configured).resolve()
-        if not path.is_file() or not path.is_relative_to(tree.resolve()):
+        try:
+            path = (tree / configured).resolve()
+            there = path.is_file() and path.is_relative_to(tree.resolve())
+        except OSError:  # a name too long, a loop of links: not a file either
+            there = False
+        if not there:
             raise NoAlembicConfig(f"no alembic.ini at {configured} in the repository")
         return str(path.relative_to(tree.resolve()))
     candidates = sorted(p for p in tree.rglob("alembic.ini") if ".git" not in p.parts)

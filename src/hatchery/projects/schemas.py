@@ -51,10 +51,15 @@ EnvironmentName = Annotated[
 ]
 
 
+NAME_MAX = 255  # bytes in one file name, on every file system a repository lives on
+
+
 def _inside(path: str) -> str:
     parts = PurePosixPath(path).parts
     if path.startswith("/") or ".." in parts or "\\" in path:
         raise ValueError("a relative path inside the repository")
+    if any(len(part.encode()) > NAME_MAX for part in parts):
+        raise ValueError(f"each part of the path is at most {NAME_MAX} bytes")
     return visible(path)
 
 
