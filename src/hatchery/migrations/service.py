@@ -125,7 +125,16 @@ async def _gate(
             detail={"environment": environment.name, "target": target},
         )
     elif target is not None:
-        await gating.check(session, project, environment, target)
+        refusal = await gating.promotion(session, project, environment, target)
+        if refusal is not None:
+            raise _http(refusal)
+
+
+def _http(refusal: gating.Refusal) -> Conflict | InvalidInput:
+    if refusal.field is None:
+        return Conflict(refusal.reason)
+    error = FieldError(field=refusal.field, message=refusal.message, type=refusal.type)
+    return InvalidInput(refusal.reason, errors=[error])
 
 
 async def deploy(
@@ -263,7 +272,10 @@ async def rollback(
     commit = await _commit(project, environment.deployed_commit, "body.target_revision")
     found = await history_at(jobs, settings, project, commit)
     # Refused here, before anything runs, when a revision on the way cannot be undone.
-    gating.revisions_to_revert(found, current, body.target_revision)
+    try:
+        gating.revisions_to_revert(found, current, body.target_revision)
+    except gating.Refused as refused:
+        raise _http(refused.refusal) from None
     return await _create(
         session, project, RunKind.downgrade,
         {"environment": name, "target_revision": body.target_revision}, key, idempotency_key,

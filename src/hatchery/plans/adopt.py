@@ -28,7 +28,7 @@ from hatchery.projects import admission, provisioning
 from hatchery.projects import service as projects
 from hatchery.projects.models import Project
 from hatchery.projects.repository import load_project
-from hatchery.runs.executor import Plan, StepContext
+from hatchery.runs.executor import Plan, StepContext, StepFailed
 
 UNREACHABLE = (
     "cannot connect: check the host, port, database name and credentials, and that the "
@@ -39,7 +39,7 @@ CONNECT_SECONDS = 10
 log = structlog.get_logger("hatchery.adoption")
 
 
-class AdoptionError(RuntimeError):
+class AdoptionError(StepFailed):
     pass
 
 

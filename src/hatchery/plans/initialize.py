@@ -23,11 +23,11 @@ from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, ProjectStatus
 from hatchery.projects.repository import load_project
 from hatchery.runs import service as runs
-from hatchery.runs.executor import Plan, StepContext
+from hatchery.runs.executor import Plan, StepContext, StepFailed
 from hatchery.runs.models import Run
 
 
-class BaselineError(RuntimeError):
+class BaselineError(StepFailed):
     pass
 
 

@@ -23,18 +23,16 @@ from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, Project
 from hatchery.projects.repository import load_project
 from hatchery.runs import repository as runs_repository
-from hatchery.runs.executor import Plan, StepContext
+from hatchery.runs.executor import Plan, StepContext, StepFailed
 from hatchery.runs.models import Run, RunStatus
 from hatchery.schema import cache as schema_cache
 
 
-class StepError(RuntimeError):
-    """A step failed; `details` (the child's exception, statement, revision and the tail
-    of its traceback) become the failed step's output."""
+class StepError(StepFailed):
+    """A migration step failed, with the child's account when there is one."""
 
     def __init__(self, message: str, failure: ChildFailed | None = None) -> None:
-        super().__init__(message)
-        self.details = failure.details() if failure is not None else None
+        super().__init__(message, failure.details() if failure is not None else None)
 
 
 async def environment_of(context: StepContext) -> tuple[Project, Environment]:
@@ -125,7 +123,9 @@ async def preflight(context: StepContext) -> dict[str, Any]:
     current = _single(report["current"])
     _check_unchanged(inspected, await repository.records(context.session, environment.id), commit)
     if not context.run.params.get("force"):
-        await gating.check(context.session, project, environment, target)
+        refusal = await gating.promotion(context.session, project, environment, target)
+        if refusal is not None:
+            raise StepError(refusal.reason)
     if current is not None and current != target and inspected.is_ancestor(target, current):
         raise StepError(
             f"target {target} is behind the current revision {current}: roll back instead"
@@ -373,7 +373,10 @@ async def downgrade_preflight(context: StepContext) -> dict[str, Any]:
     if current is None:
         raise StepError("the database has no revision to roll back from")
     _check_unchanged(inspected, await repository.records(context.session, environment.id), commit)
-    reverting = gating.revisions_to_revert(inspected, current, wanted)
+    try:
+        reverting = gating.revisions_to_revert(inspected, current, wanted)
+    except gating.Refused as refused:
+        raise StepError(str(refused)) from None
     target = wanted if wanted == revisions.BASE else inspected.resolve(wanted) or wanted
     if not reverting:
         await execution.release(str(context.run.id))

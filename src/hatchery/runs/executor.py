@@ -34,6 +34,15 @@ T = TypeVar("T")
 TRACE_LIMIT = 4000
 
 
+class StepFailed(RuntimeError):
+    """The root of what a step raises when it fails for a reason it can name: the message
+    becomes the step's error, `details` (what it knows beyond that) its output."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 @dataclass
 class StepContext:
     session: AsyncSession
@@ -279,7 +288,7 @@ class Executor:
             step = _step(failed, name)
             # What a step knows of its failure beyond the message (a migration's
             # exception, statement and traceback tail), readable through the api.
-            step.output = getattr(exc, "details", None)
+            step.output = exc.details if isinstance(exc, StepFailed) else None
             await fail(
                 session, self.redis, self.settings, failed, plan, f"{name}: {message}",
                 step=step, step_error=message, trace=trace, started=started,
