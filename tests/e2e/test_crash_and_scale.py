@@ -106,16 +106,18 @@ async def test_deploy_token_of_one_project_is_refused_on_another(
     assert own.status_code == 200
 
 
-async def test_twenty_projects_at_once_all_become_active(
+async def test_ten_projects_at_once_all_become_active(
     live: httpx.AsyncClient, live_admin_token: str
 ) -> None:
+    # Ten shows the concurrency (the worker takes them all at once); bench/init_throughput.py
+    # times twenty.
     created = await asyncio.gather(
-        *(create_project(live, live_admin_token, f"crowd-{i}") for i in range(20))
+        *(create_project(live, live_admin_token, f"crowd-{i}") for i in range(10))
     )
     runs = await asyncio.gather(
         *(wait_for_run(live, live_admin_token, c["run"]["id"], timeout=180) for c in created)
     )
-    assert [r["status"] for r in runs] == ["succeeded"] * 20, [r["error"] for r in runs]
+    assert [r["status"] for r in runs] == ["succeeded"] * 10, [r["error"] for r in runs]
     projects = await asyncio.gather(
         *(get_project(live, live_admin_token, c["project"]["id"]) for c in created)
     )
