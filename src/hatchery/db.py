@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from alembic.config import Config
@@ -14,12 +14,14 @@ from fastapi import Depends, Request
 from sqlalchemy import DateTime, Enum, MetaData, func, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
 
 from alembic import command
 
@@ -74,6 +76,18 @@ def create_sessionmaker(
 
 
 JOBS = "jobs"
+
+
+@asynccontextmanager
+async def connection(url: str, **options: Any) -> AsyncIterator[AsyncConnection]:
+    """One connection to a database other than the control one (a project's, the server's
+    maintenance one), closed on leaving: no pool is kept for it."""
+    engine = create_async_engine(url, poolclass=NullPool, **options)
+    try:
+        async with engine.connect() as conn:
+            yield conn
+    finally:
+        await engine.dispose()
 
 
 # Connection failure (class 08), and a server shutting down or starting (57P01-57P03).

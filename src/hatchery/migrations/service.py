@@ -47,9 +47,9 @@ async def _active_project(session: AsyncSession, project_id: uuid.UUID) -> Proje
 
 
 def _environment(project: Project, name: str, field: str | None = None) -> Environment:
-    for environment in project.environments:
-        if environment.name == name:
-            return environment
+    environment = project.environment(name)
+    if environment is not None:
+        return environment
     if field is None:
         raise NotFound(f"Project '{project.slug}' has no environment '{name}'")
     raise InvalidInput(

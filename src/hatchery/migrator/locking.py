@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hatchery import db
 
 POLL_SECONDS = 0.1
 log = structlog.get_logger("hatchery.migrations")
@@ -73,14 +74,11 @@ HELD = text(
 async def held(database_url: str, database_name: str) -> bool:
     """Whether some session holds the database's migration lock right now (a migrator
     that is alive, whatever its heartbeat says). False when the database is unreachable."""
-    engine = create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": 10})
     try:
-        async with engine.connect() as conn:
+        async with db.connection(database_url, connect_args={"timeout": 10}) as conn:
             return bool(await conn.scalar(HELD, {"key": lock_key(database_name)}))
     except (OSError, TimeoutError, DBAPIError):
         return False
-    finally:
-        await engine.dispose()
 
 
 @contextlib.asynccontextmanager
@@ -94,25 +92,21 @@ async def exclusive(
     """Hold the database's migration lock for the body. If this process dies, the
     connection closes and PostgreSQL releases the lock."""
     key = lock_key(database_name)
-    engine = create_async_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            deadline = time.monotonic() + wait_seconds
-            waited = False
-            while not await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
-                if time.monotonic() > deadline:
-                    raise LockTimeout(
-                        f"another migration of {database_name} held its lock for {wait_seconds:g} s"
-                    )
-                if not waited and on_wait is not None:
-                    await on_wait()
-                waited = True
-                await asyncio.sleep(POLL_SECONDS)
-            try:
-                await end_leftovers(conn, database_name)
-                yield
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-    finally:
-        await engine.dispose()
+    async with db.connection(database_url, isolation_level="AUTOCOMMIT") as conn:
+        deadline = time.monotonic() + wait_seconds
+        waited = False
+        while not await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"another migration of {database_name} held its lock for {wait_seconds:g} s"
+                )
+            if not waited and on_wait is not None:
+                await on_wait()
+            waited = True
+            await asyncio.sleep(POLL_SECONDS)
+        try:
+            await end_leftovers(conn, database_name)
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})

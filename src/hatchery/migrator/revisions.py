@@ -9,10 +9,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
-from hatchery import pgtools
+from hatchery import db, pgtools
 
 BASE = "base"
 HEAD = "head"
@@ -114,16 +112,10 @@ async def recall(redis: Redis, project_id: str, commit: str, digest: str) -> His
 async def current(database_url: str, version_table: str | None) -> str | None:
     """The revision in the project's version table (None when it has none). Plain SQL:
     reading a table runs none of the project's code."""
-    engine = create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": 10})
     table = pgtools.quoted_version_table(version_table)
-    try:
-        async with engine.connect() as conn:
-            relation = await conn.scalar(text("SELECT to_regclass(:name)"), {"name": table})
-            if relation is None:
-                return None
-            found = await conn.scalar(
-                text(f"SELECT version_num FROM {table} LIMIT 1")  # noqa: S608
-            )
-            return str(found) if found is not None else None
-    finally:
-        await engine.dispose()
+    async with db.connection(database_url, connect_args={"timeout": 10}) as conn:
+        relation = await conn.scalar(text("SELECT to_regclass(:name)"), {"name": table})
+        if relation is None:
+            return None
+        found = await conn.scalar(text(f"SELECT version_num FROM {table} LIMIT 1"))  # noqa: S608
+        return str(found) if found is not None else None

@@ -11,10 +11,8 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
-from hatchery import crypto, git, redaction
+from hatchery import crypto, db, git, redaction
 from hatchery.config import Settings
 from hatchery.migrations import history, repository
 from hatchery.migrations.models import Direction
@@ -133,11 +131,8 @@ async def verify_databases(context: StepContext) -> dict[str, Any]:
             await admission.check_database(make_url(url), settings)
         except admission.Refused as exc:
             raise AdoptionError(f"{environment.name}: {exc}") from None
-        engine = create_async_engine(
-            url, poolclass=NullPool, connect_args={"timeout": CONNECT_SECONDS}
-        )
         try:
-            async with engine.connect() as conn:
+            async with db.connection(url, connect_args={"timeout": CONNECT_SECONDS}) as conn:
                 await admission.check_connected(
                     conn, environment.database_name, control_cluster, settings
                 )
@@ -154,8 +149,6 @@ async def verify_databases(context: StepContext) -> dict[str, Any]:
             log.warning("adopted_database_unreachable", environment=environment.name,
                         error=redaction.redact(str(getattr(exc, "orig", exc)), [url]))  # fmt: skip
             raise AdoptionError(f"{environment.name}: {UNREACHABLE}") from None
-        finally:
-            await engine.dispose()
         if not can_create:
             raise AdoptionError(
                 f"{environment.name}: role {user} may not CREATE in schema {schema}, "

@@ -36,9 +36,15 @@ class StepError(StepFailed):
 
 
 async def environment_of(context: StepContext) -> tuple[Project, Environment]:
-    project = await load_project(context.session, context.run)
-    name = context.run.params["environment"]
-    return project, next(e for e in project.environments if e.name == name)
+    return await _environment_of(context.session, context.run)
+
+
+async def _environment_of(session: AsyncSession, run: Run) -> tuple[Project, Environment]:
+    """The project of a migration run, and the environment it migrates."""
+    project = await load_project(session, run)
+    environment = project.environment(run.params["environment"])
+    assert environment is not None  # environments are never renamed or removed
+    return project, environment
 
 
 def database_url(context: StepContext, environment: Environment) -> str:
@@ -62,8 +68,7 @@ async def migration_lock(context: StepContext) -> AsyncIterator[None]:
 
 
 async def migrator_alive(session: AsyncSession, run: Run, settings: Settings) -> bool:
-    project = await load_project(session, run)
-    environment = next(e for e in project.environments if e.name == run.params["environment"])
+    _, environment = await _environment_of(session, run)
     url = provisioning.connection_url(environment, settings.encryption_secret)
     return await locking.held(url, environment.database_name)
 
@@ -169,18 +174,17 @@ def _plan(
     """What preflight found, for the steps after it and for the run's result."""
     alone = [r for r in pending if not _revision(inspected, r).transactional]
     environment.version_table = report.get("version_table") or environment.version_table
-    context.run.result = {
-        **(context.run.result or {}),
-        "sql": report.get("sql", ""),
-        "unrendered": report.get("unrendered", []),
-        "pending": pending,
-        "not_all_or_nothing": alone,
-    }
+    context.run.add_result(
+        sql=report.get("sql", ""),
+        unrendered=report.get("unrendered", []),
+        pending=pending,
+        not_all_or_nothing=alone,
+    )
     if alone:
         names = ", ".join(alone)
-        context.run.result["plan"] = (
-            f"{names} commit part of themselves (autocommit_block): each revision commits on "
-            "its own, a failure leaves the database at the last one that landed, and the "
+        context.run.add_result(
+            plan=f"{names} commit part of themselves (autocommit_block): each revision commits "
+            "on its own, a failure leaves the database at the last one that landed, and the "
             "backup is the way back"
         )
     return {
@@ -321,10 +325,7 @@ async def _record_failure(
     """Written beside the step's own transaction, which the failure rolls back: what landed
     (revision by revision) and what failed, and where the database now stands."""
     async with context.sessionmaker() as session, db.transaction(session):
-        project = await load_project(session, context.run)
-        environment = next(
-            e for e in project.environments if e.name == context.run.params["environment"]
-        )
+        _, environment = await _environment_of(session, context.run)
         sha256s = plan.get("sha256", {})
         history.record_applied(session, environment, context.run, kept, sha256s, direction)
         if failure.revision:
@@ -355,7 +356,7 @@ async def record(context: StepContext) -> dict[str, Any]:
     await schema_cache.invalidate(context.redis, environment.id)
     if direction == Direction.upgrade:
         environment.deployed_commit = context.output_of("checkout")["commit"]
-    context.run.result = {**(context.run.result or {}), "revision": environment.revision}
+    context.run.add_result(revision=environment.revision)
     return {"revision": environment.revision, "applied": [a["revision"] for a in applied]}
 
 
@@ -426,7 +427,7 @@ async def record_restore(context: StepContext) -> dict[str, Any]:
     history.record_restore(context.session, environment, context.run, backup)
     environment.revision = await revisions.current(url, environment.version_table)
     await schema_cache.invalidate(context.redis, environment.id)
-    context.run.result = {**(context.run.result or {}), "revision": environment.revision}
+    context.run.add_result(revision=environment.revision)
     return {"revision": environment.revision}
 
 

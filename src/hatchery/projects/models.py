@@ -53,6 +53,9 @@ class Project(UUIDPrimaryKey, CreatedAt, Base):
     initialization_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
+    def environment(self, name: str) -> "Environment | None":
+        return next((e for e in self.environments if e.name == name), None)
+
     @property
     def repository(self) -> Path:
         """The bare repository (or an adopted project's mirror) on this machine."""

@@ -5,10 +5,9 @@ from collections.abc import Iterable
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hatchery import crypto
+from hatchery import crypto, db
 from hatchery.projects.models import Environment
 
 
@@ -48,25 +47,19 @@ async def provision(
     an existing role gets the new password, an existing database is kept. Project roles
     may connect to their own database only: not to the server's maintenance databases,
     the one Hatchery connects to, or `protected` (the control database)."""
-    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            role_exists = await conn.scalar(
-                text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
-            )
-            verb = "ALTER" if role_exists else "CREATE"
-            await conn.execute(
-                text(f"{verb} ROLE {_ident(role)} LOGIN PASSWORD {_literal(password)}")
-            )
-            db_exists = await conn.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
-            )
-            if not db_exists:
-                await conn.execute(text(f"CREATE DATABASE {_ident(database)} OWNER {_ident(role)}"))
-            await conn.execute(text(f"REVOKE ALL ON DATABASE {_ident(database)} FROM PUBLIC"))
-            await _close_maintenance_databases(conn, protected)
-    finally:
-        await engine.dispose()
+    async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
+        role_exists = await conn.scalar(
+            text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
+        )
+        verb = "ALTER" if role_exists else "CREATE"
+        await conn.execute(text(f"{verb} ROLE {_ident(role)} LOGIN PASSWORD {_literal(password)}"))
+        db_exists = await conn.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+        )
+        if not db_exists:
+            await conn.execute(text(f"CREATE DATABASE {_ident(database)} OWNER {_ident(role)}"))
+        await conn.execute(text(f"REVOKE ALL ON DATABASE {_ident(database)} FROM PUBLIC"))
+        await _close_maintenance_databases(conn, protected)
 
 
 async def _close_maintenance_databases(conn: AsyncConnection, protected: Iterable[str]) -> None:
@@ -84,10 +77,6 @@ async def _close_maintenance_databases(conn: AsyncConnection, protected: Iterabl
 
 
 async def drop(server_url: str, database: str, role: str) -> None:
-    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(database)} WITH (FORCE)"))
-            await conn.execute(text(f"DROP ROLE IF EXISTS {_ident(role)}"))
-    finally:
-        await engine.dispose()
+    async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(database)} WITH (FORCE)"))
+        await conn.execute(text(f"DROP ROLE IF EXISTS {_ident(role)}"))

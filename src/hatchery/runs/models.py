@@ -80,6 +80,10 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
         back_populates="run", lazy="raise", order_by="Step.position"
     )
 
+    def add_result(self, **fields: Any) -> None:
+        """Add to what the run reports (a new dict: the JSON column sees the change)."""
+        self.result = {**(self.result or {}), **fields}
+
     @property
     def seconds(self) -> float | None:
         """How long it took, from start (or, never started, from creation) to its end."""

@@ -120,7 +120,7 @@ def keep_secret_once(run: Run, name: str, plaintext: str, encryption_key: bytes)
     """Put a secret in the run's result for exactly one read (see `reveal_once`)."""
     sealed = base64.b64encode(crypto.encrypt(plaintext, encryption_key)).decode()
     once = {**(run.result or {}).get(_ONCE, {}), name: sealed}
-    run.result = {**(run.result or {}), _ONCE: once}
+    run.add_result(**{_ONCE: once})
 
 
 async def read_run(
@@ -145,7 +145,7 @@ async def read_run(
         for name, value in sealed.items()
     }
     session.expunge(run)
-    run.result = {**run.result, **revealed}
+    run.add_result(**revealed)
     return run
 
 
