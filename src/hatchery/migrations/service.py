@@ -14,6 +14,12 @@ from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFo
 from hatchery.keys.models import ApiKey, Scope
 from hatchery.migrations import gating, repository
 from hatchery.migrations.models import Backup, MigrationRecord
+from hatchery.migrations.params import (
+    DowngradeParams,
+    MigrationParams,
+    RestoreParams,
+    UpgradeParams,
+)
 from hatchery.migrations.schemas import (
     AppliedInfo,
     DeploymentCreate,
@@ -171,13 +177,13 @@ async def deploy(
         kind=RunKind.upgrade,
         idempotency_key=idempotency_key,
         trigger=RunTrigger.deployment,
-        params={
-            "environment": environment.name,
-            "commit_sha": commit or body.commit_sha,
-            "deployment_id": body.deployment_id,
-            "target_revision": body.target_revision,
-            "force": body.force,
-        },
+        params=UpgradeParams(
+            environment=environment.name,
+            commit_sha=commit or body.commit_sha,
+            deployment_id=body.deployment_id,
+            target_revision=body.target_revision,
+            force=body.force,
+        ),
         key_id=key.id,
     )
 
@@ -239,7 +245,9 @@ async def start_migration(
         session,
         project,
         RunKind.upgrade,
-        {"environment": name, "commit_sha": commit, "target_revision": target, "force": body.force},
+        UpgradeParams(
+            environment=name, commit_sha=commit, target_revision=target, force=body.force
+        ),
         key,
         idempotency_key,
     )
@@ -263,7 +271,7 @@ async def rollback(
             raise NotFound(f"Environment '{name}' has no backup {body.backup_id}")
         return await _create(
             session, project, RunKind.restore,
-            {"environment": name, "backup_id": str(backup.id)}, key, idempotency_key,
+            RestoreParams(environment=name, backup_id=backup.id), key, idempotency_key,
         )  # fmt: skip
     assert body.target_revision is not None
     current = await _current(environment, settings)
@@ -278,7 +286,8 @@ async def rollback(
         raise _http(refused.refusal) from None
     return await _create(
         session, project, RunKind.downgrade,
-        {"environment": name, "target_revision": body.target_revision}, key, idempotency_key,
+        DowngradeParams(environment=name, target_revision=body.target_revision), key,
+        idempotency_key,
     )  # fmt: skip
 
 
@@ -286,7 +295,7 @@ async def _create(
     session: AsyncSession,
     project: Project,
     kind: RunKind,
-    params: dict[str, object],
+    params: MigrationParams,
     key: ApiKey,
     idempotency_key: str | None,
 ) -> tuple[Run, bool]:

@@ -25,8 +25,9 @@ from hatchery.plans import initialize as initialization
 from hatchery.projects import admission, provisioning
 from hatchery.projects import service as projects
 from hatchery.projects.models import Project
+from hatchery.projects.params import DeleteParams, InitializeParams
 from hatchery.projects.repository import load_project
-from hatchery.runs.executor import Plan, StepContext, StepFailed
+from hatchery.runs.executor import Plan, StepContext, StepFailed, StepOutput
 
 UNREACHABLE = (
     "cannot connect: check the host, port, database name and credentials, and that the "
@@ -39,6 +40,20 @@ log = structlog.get_logger("hatchery.adoption")
 
 class AdoptionError(StepFailed):
     pass
+
+
+VERIFY_REPOSITORY, VERIFY_DATABASES = "verify_repository", "verify_databases"
+
+
+class VerifiedRepository(StepOutput):
+    step = VERIFY_REPOSITORY
+    commit: str
+    alembic_ini: str | None
+
+
+class VerifiedDatabases(StepOutput):
+    step = VERIFY_DATABASES
+    environments: dict[str, dict[str, Any]] = {}  # what each environment was found holding
 
 
 async def fetch(project: Project, settings: Settings) -> None:
@@ -64,14 +79,18 @@ async def fetch(project: Project, settings: Settings) -> None:
 
 async def commit_of(context: StepContext, project: Project) -> str:
     """The adopted commit: verify_repository's, or (resuming after it) its branch's head."""
-    found = context.output_of("verify_repository").get("commit")
-    commit = found or await git.head_commit(project.repository, project.branch or "main")
+    verified = context.output(VerifiedRepository)
+    commit = (
+        verified.commit
+        if verified is not None
+        else await git.head_commit(project.repository, project.branch or "main")
+    )
     if commit is None:
         raise AdoptionError(f"branch {project.branch} is not in {project.repository_url}")
     return str(commit)
 
 
-async def verify_repository(context: StepContext) -> dict[str, Any]:
+async def verify_repository(context: StepContext) -> VerifiedRepository:
     project = await load_project(context.session, context.run)
     await fetch(project, context.settings)
     commit = await commit_of(context, project)
@@ -83,7 +102,7 @@ async def verify_repository(context: StepContext) -> dict[str, Any]:
         project.alembic_ini = workspace.find_alembic_ini(found.checkout, project.alembic_ini)
     except workspace.NoAlembicConfig as exc:
         raise AdoptionError(str(exc)) from None
-    return {"commit": commit, "alembic_ini": project.alembic_ini}
+    return VerifiedRepository(commit=commit, alembic_ini=project.alembic_ini)
 
 
 async def prepared(context: StepContext) -> execution.Prepared:
@@ -119,7 +138,7 @@ PRIVILEGES = text(
 )
 
 
-async def verify_databases(context: StepContext) -> dict[str, Any]:
+async def verify_databases(context: StepContext) -> VerifiedDatabases:
     project = await load_project(context.session, context.run)
     settings = context.settings
     control_cluster = await admission.cluster_of(await context.session.connection())
@@ -160,7 +179,7 @@ async def verify_databases(context: StepContext) -> dict[str, Any]:
                 "which pg_dump backups need"
             )
         found[environment.name] = await _baseline_of(context, project, url, tables)
-    return {"environments": found}
+    return VerifiedDatabases(environments=found)
 
 
 async def _baseline_of(
@@ -191,8 +210,9 @@ async def _baseline_of(
 async def record_baseline(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
     found = await prepared(context)
-    seen = context.output_of("verify_databases").get("environments", {})
-    stamp = context.run.params.get("stamp")
+    verified = context.output(VerifiedDatabases)
+    seen = verified.environments if verified is not None else {}
+    stamp = context.params(InitializeParams).stamp
     inspected = await revisions.recall(
         context.redis, str(project.id), found.workspace.commit, found.digest
     )
@@ -268,10 +288,11 @@ async def forget(context: StepContext) -> dict[str, Any]:
 
 
 PLAN = Plan(
+    params=InitializeParams,
     steps=[
-        ("verify_repository", verify_repository),
+        (VERIFY_REPOSITORY, verify_repository),
         ("dependencies", prepare_environment),
-        ("verify_databases", verify_databases),
+        (VERIFY_DATABASES, verify_databases),
         ("record_baseline", record_baseline),
         ("issue_deploy_token", initialization.issue_deploy_token),
         ("finalize", initialization.finalize),
@@ -283,6 +304,7 @@ PLAN = Plan(
 )
 
 FORGET = Plan(
+    params=DeleteParams,
     steps=[
         ("remove_mirror", remove_mirror),
         ("forget_backups", forget_backups),

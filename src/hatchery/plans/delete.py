@@ -11,6 +11,7 @@ from hatchery.keys import repository as keys_repository
 from hatchery.migrator import venvs
 from hatchery.projects import provisioning
 from hatchery.projects.models import ProjectStatus
+from hatchery.projects.params import DeleteParams
 from hatchery.projects.repository import load_project
 from hatchery.runs.executor import Plan, StepContext
 from hatchery.runs.models import Run
@@ -61,6 +62,7 @@ async def _started(session: AsyncSession, run: Run) -> None:
 
 
 PLAN = Plan(
+    params=DeleteParams,
     steps=[
         ("drop_databases", drop_databases),
         ("remove_repository", remove_repository),

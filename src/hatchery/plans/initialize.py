@@ -21,6 +21,7 @@ from hatchery.migrator.runner import ChildFailed, Hooks
 from hatchery.projects import provisioning, repository, templates
 from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, ProjectStatus
+from hatchery.projects.params import InitializeParams
 from hatchery.projects.repository import load_project
 from hatchery.runs import service as runs
 from hatchery.runs.executor import Plan, StepContext, StepFailed
@@ -198,6 +199,7 @@ async def _failed(session: AsyncSession, run: Run, error: str) -> None:
 
 
 PLAN = Plan(
+    params=InitializeParams,
     steps=[
         ("create_repository", create_repository),
         ("render_template", render_template),

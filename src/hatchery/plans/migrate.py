@@ -14,6 +14,12 @@ from hatchery import db, git
 from hatchery.config import Settings
 from hatchery.migrations import gating, history, repository
 from hatchery.migrations.models import Backup, Direction
+from hatchery.migrations.params import (
+    DowngradeParams,
+    MigrationParams,
+    RestoreParams,
+    UpgradeParams,
+)
 from hatchery.migrator import backups, execution, locking, revisions
 from hatchery.migrator.revisions import History
 from hatchery.migrator.runner import ChildFailed, Hooks
@@ -23,9 +29,43 @@ from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, Project
 from hatchery.projects.repository import load_project
 from hatchery.runs import repository as runs_repository
-from hatchery.runs.executor import Plan, StepContext, StepFailed
+from hatchery.runs.executor import OutputT, Plan, StepContext, StepFailed, StepOutput
 from hatchery.runs.models import Run, RunStatus
 from hatchery.schema import cache as schema_cache
+
+CHECKOUT, DEPENDENCIES, PREFLIGHT, BACKUP, MIGRATE, RECORD, RESTORE_BACKUP = (
+    "checkout", "dependencies", "preflight", "backup", "migrate", "record", "restore"
+)  # fmt: skip
+
+
+class CheckedOut(StepOutput):
+    step = CHECKOUT
+    commit: str
+
+
+class Planned(StepOutput):
+    """What preflight found, for the steps after it."""
+
+    step = PREFLIGHT
+    current: str | None
+    target: str
+    pending: list[str]
+    per_migration: bool = False  # some revisions commit on their own (autocommit_block)
+    sha256: dict[str, str] = {}
+    version_table: str | None = None
+
+
+class Migrated(StepOutput):
+    step = MIGRATE
+    applied: list[dict[str, Any]] = []
+    target: str | None = None
+
+
+def earlier(context: StepContext, model: type[OutputT]) -> OutputT:
+    """An earlier step's output: a migration run never skips a step."""
+    found = context.output(model)
+    assert found is not None, f"{model.step} was skipped"
+    return found
 
 
 class StepError(StepFailed):
@@ -42,7 +82,7 @@ async def environment_of(context: StepContext) -> tuple[Project, Environment]:
 async def _environment_of(session: AsyncSession, run: Run) -> tuple[Project, Environment]:
     """The project of a migration run, and the environment it migrates."""
     project = await load_project(session, run)
-    environment = project.environment(run.params["environment"])
+    environment = project.environment(MigrationParams.model_validate(run.params).environment)
     assert environment is not None  # environments are never renamed or removed
     return project, environment
 
@@ -93,27 +133,28 @@ async def still_ours(context: StepContext) -> bool:
 # Upgrade
 
 
-async def resolve_commit(context: StepContext) -> dict[str, Any]:
+async def resolve_commit(context: StepContext) -> CheckedOut:
     project, _ = await environment_of(context)
     if project.adopted:
         await adoption.fetch(project, context.settings)
-    wanted = context.run.params["commit_sha"]
+    wanted = context.params(UpgradeParams).commit_sha
     commit = await git.head_commit(project.repository, wanted)
     if commit is None:
         raise StepError(f"commit {wanted} is not in the project's repository")
-    return {"commit": commit}
+    return CheckedOut(commit=commit)
 
 
 async def prepare_environment(context: StepContext) -> dict[str, Any]:
     """The project's own Python dependencies, built with uv (or found built)."""
-    return (await prepared(context, context.output_of("checkout")["commit"])).summary()
+    return (await prepared(context, earlier(context, CheckedOut).commit)).summary()
 
 
-async def preflight(context: StepContext) -> dict[str, Any]:
+async def preflight(context: StepContext) -> Planned:
     project, environment = await environment_of(context)
-    commit = context.output_of("checkout")["commit"]
+    params = context.params(UpgradeParams)
+    commit = earlier(context, CheckedOut).commit
     found = await prepared(context, commit)
-    wanted = context.run.params.get("target_revision") or revisions.HEAD
+    wanted = params.target_revision or revisions.HEAD
     inspected, report = await _planned(
         context, found, database_url(context, environment), "upgrade", wanted
     )
@@ -127,7 +168,7 @@ async def preflight(context: StepContext) -> dict[str, Any]:
         raise StepError(f"target revision {wanted} is not in the history at {commit[:12]}")
     current = _single(report["current"])
     _check_unchanged(inspected, await repository.records(context.session, environment.id), commit)
-    if not context.run.params.get("force"):
+    if not params.force:
         refusal = await gating.promotion(context.session, project, environment, target)
         if refusal is not None:
             raise StepError(refusal.reason)
@@ -170,7 +211,7 @@ def _plan(
     current: str | None,
     target: str,
     pending: list[str],
-) -> dict[str, Any]:
+) -> Planned:
     """What preflight found, for the steps after it and for the run's result."""
     alone = [r for r in pending if not _revision(inspected, r).transactional]
     environment.version_table = report.get("version_table") or environment.version_table
@@ -187,14 +228,14 @@ def _plan(
             "on its own, a failure leaves the database at the last one that landed, and the "
             "backup is the way back"
         )
-    return {
-        "current": current,
-        "target": target,
-        "pending": pending,
-        "per_migration": bool(alone),
-        "sha256": {r: _revision(inspected, r).sha256 for r in pending},
-        "version_table": environment.version_table,
-    }
+    return Planned(
+        current=current,
+        target=target,
+        pending=pending,
+        per_migration=bool(alone),
+        sha256={r: _revision(inspected, r).sha256 for r in pending},
+        version_table=environment.version_table,
+    )
 
 
 def _revision(inspected: History, revision: str) -> revisions.Revision:
@@ -222,10 +263,10 @@ def _check_unchanged(inspected: History, records: Any, commit: str) -> None:
 
 
 async def take_backup(context: StepContext) -> dict[str, Any]:
-    plan = context.output_of("preflight")
-    if not plan.get("pending", True):
+    plan = earlier(context, Planned)
+    if not plan.pending:
         return {"skipped": "nothing to migrate"}
-    return await _backup(context, plan.get("current"))
+    return await _backup(context, plan.current)
 
 
 async def _backup(context: StepContext, revision: str | None) -> dict[str, Any]:
@@ -268,20 +309,18 @@ async def _prune(session: AsyncSession, environment: Environment, keep: int) -> 
             await session.delete(backup)
 
 
-async def migrate(context: StepContext) -> dict[str, Any]:
-    plan = context.output_of("preflight")
-    if not plan.get("pending"):
-        return {"applied": []}
+async def migrate(context: StepContext) -> Migrated:
+    plan = earlier(context, Planned)
+    if not plan.pending:
+        return Migrated(applied=[])
     return await _migrate(context, plan, Direction.upgrade)
 
 
-async def _migrate(
-    context: StepContext, plan: dict[str, Any], direction: Direction
-) -> dict[str, Any]:
+async def _migrate(context: StepContext, plan: Planned, direction: Direction) -> Migrated:
     """Run the child; every landed revision is reported, and the worker says whether the
     child may go on (and commit) only while the run is still its own."""
     _, environment = await environment_of(context)
-    found = await prepared(context, context.output_of("checkout")["commit"])
+    found = await prepared(context, earlier(context, CheckedOut).commit)
     url = database_url(context, environment)
     applied: list[dict[str, Any]] = []
 
@@ -293,30 +332,31 @@ async def _migrate(
 
     hooks = Hooks(context.log, landed, lambda: still_ours(context))
     started = time.time()
-    go = {"target": plan["target"], "per_migration": plan.get("per_migration", False)}
     try:
         # The child preflight started waits for this; a new one when it is gone.
-        done = await execution.proceed(str(context.run.id), hooks, **go)
+        done = await execution.proceed(
+            str(context.run.id), hooks, target=plan.target, per_migration=plan.per_migration
+        )
         if done is None:
             await execution.migrate(
-                context.settings, found, url, direction.value, plan["target"], hooks,
+                context.settings, found, url, direction.value, plan.target, hooks,
                 migrator=locking.migrator_name(environment.database_name),
-                per_migration=go["per_migration"],
+                per_migration=plan.per_migration,
             )  # fmt: skip
     except ChildFailed as failure:
-        kept = applied[: len(failure.landed)] if plan.get("per_migration") else []
+        kept = applied[: len(failure.landed)] if plan.per_migration else []
         await _record_failure(context, plan, direction, failure, kept, started)
         statement = f"; failing statement: {failure.statement}" if failure.statement else ""
         detail = f"{failure}{statement}"
         if kept:
             detail += f" (the database stays at {kept[-1]['revision']}, the last that landed)"
         raise StepError(detail, failure) from failure
-    return {"applied": applied, "target": plan["target"]}
+    return Migrated(applied=applied, target=plan.target)
 
 
 async def _record_failure(
     context: StepContext,
-    plan: dict[str, Any],
+    plan: Planned,
     direction: Direction,
     failure: ChildFailed,
     kept: list[dict[str, Any]],
@@ -326,7 +366,7 @@ async def _record_failure(
     (revision by revision) and what failed, and where the database now stands."""
     async with context.sessionmaker() as session, db.transaction(session):
         _, environment = await _environment_of(session, context.run)
-        sha256s = plan.get("sha256", {})
+        sha256s = plan.sha256
         history.record_applied(session, environment, context.run, kept, sha256s, direction)
         if failure.revision:
             history.record_failure(
@@ -338,24 +378,24 @@ async def _record_failure(
             url = database_url(context, environment)
             environment.revision = await revisions.current(url, environment.version_table)
             if direction == Direction.upgrade:
-                environment.deployed_commit = context.output_of("checkout")["commit"]
+                environment.deployed_commit = earlier(context, CheckedOut).commit
 
 
 async def record(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
-    plan = context.output_of("preflight")
-    applied = context.output_of("migrate").get("applied", [])
+    plan = earlier(context, Planned)
+    applied = earlier(context, Migrated).applied
     direction = Direction(context.run.kind)
     history.record_applied(
-        context.session, environment, context.run, applied, plan.get("sha256", {}), direction
+        context.session, environment, context.run, applied, plan.sha256, direction
     )
-    environment.version_table = plan.get("version_table") or environment.version_table
+    environment.version_table = plan.version_table or environment.version_table
     environment.revision = await revisions.current(
         database_url(context, environment), environment.version_table
     )
     await schema_cache.invalidate(context.redis, environment.id)
     if direction == Direction.upgrade:
-        environment.deployed_commit = context.output_of("checkout")["commit"]
+        environment.deployed_commit = earlier(context, CheckedOut).commit
     context.run.add_result(revision=environment.revision)
     return {"revision": environment.revision, "applied": [a["revision"] for a in applied]}
 
@@ -363,10 +403,10 @@ async def record(context: StepContext) -> dict[str, Any]:
 # Downgrade
 
 
-async def downgrade_preflight(context: StepContext) -> dict[str, Any]:
+async def downgrade_preflight(context: StepContext) -> Planned:
     _, environment = await environment_of(context)
-    commit = context.output_of("checkout")["commit"]
-    wanted = context.run.params["target_revision"]
+    commit = earlier(context, CheckedOut).commit
+    wanted = context.params(DowngradeParams).target_revision
     found = await prepared(context, commit)
     url = database_url(context, environment)
     inspected, report = await _planned(context, found, url, "downgrade", wanted)
@@ -384,19 +424,19 @@ async def downgrade_preflight(context: StepContext) -> dict[str, Any]:
     return _plan(context, environment, inspected, report, current, target, reverting)
 
 
-async def downgrade(context: StepContext) -> dict[str, Any]:
-    plan = context.output_of("preflight")
-    if not plan.get("pending"):
-        return {"applied": []}
+async def downgrade(context: StepContext) -> Migrated:
+    plan = earlier(context, Planned)
+    if not plan.pending:
+        return Migrated(applied=[])
     return await _migrate(context, plan, Direction.downgrade)
 
 
-async def deployed_commit(context: StepContext) -> dict[str, Any]:
+async def deployed_commit(context: StepContext) -> CheckedOut:
     project, environment = await environment_of(context)
     commit = environment.deployed_commit or await git.head_commit(project.repository)
     if commit is None:
         raise StepError("the project's repository has no commits")
-    return {"commit": commit}
+    return CheckedOut(commit=commit)
 
 
 # Restore
@@ -410,7 +450,7 @@ async def backup_before_restore(context: StepContext) -> dict[str, Any]:
 
 async def restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
-    backup = await repository.get_backup(context.session, context.run.params["backup_id"])
+    backup = await repository.get_backup(context.session, context.params(RestoreParams).backup_id)
     if backup is None or backup.environment_id != environment.id:
         raise StepError("the backup to restore is gone")
     url = database_url(context, environment)
@@ -422,7 +462,7 @@ async def restore(context: StepContext) -> dict[str, Any]:
 async def record_restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
     url = database_url(context, environment)
-    backup = await repository.get_backup(context.session, context.run.params["backup_id"])
+    backup = await repository.get_backup(context.session, context.params(RestoreParams).backup_id)
     assert backup is not None
     history.record_restore(context.session, environment, context.run, backup)
     environment.revision = await revisions.current(url, environment.version_table)
@@ -432,33 +472,36 @@ async def record_restore(context: StepContext) -> dict[str, Any]:
 
 
 UPGRADE = Plan(
+    params=UpgradeParams,
     steps=[
-        ("checkout", resolve_commit),
-        ("dependencies", prepare_environment),
-        ("preflight", preflight),
-        ("backup", take_backup),
-        ("migrate", migrate),
-        ("record", record),
+        (CHECKOUT, resolve_commit),
+        (DEPENDENCIES, prepare_environment),
+        (PREFLIGHT, preflight),
+        (BACKUP, take_backup),
+        (MIGRATE, migrate),
+        (RECORD, record),
     ],
     exclusive=migration_lock,
     still_working=migrator_alive,
 )
 
 DOWNGRADE = Plan(
+    params=DowngradeParams,
     steps=[
-        ("checkout", deployed_commit),
-        ("dependencies", prepare_environment),
-        ("preflight", downgrade_preflight),
-        ("backup", take_backup),
-        ("migrate", downgrade),
-        ("record", record),
+        (CHECKOUT, deployed_commit),
+        (DEPENDENCIES, prepare_environment),
+        (PREFLIGHT, downgrade_preflight),
+        (BACKUP, take_backup),
+        (MIGRATE, downgrade),
+        (RECORD, record),
     ],
     exclusive=migration_lock,
     still_working=migrator_alive,
 )
 
 RESTORE = Plan(
-    steps=[("backup", backup_before_restore), ("restore", restore), ("record", record_restore)],
+    params=RestoreParams,
+    steps=[(BACKUP, backup_before_restore), (RESTORE_BACKUP, restore), (RECORD, record_restore)],
     exclusive=migration_lock,
     still_working=migrator_alive,
 )

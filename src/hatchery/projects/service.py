@@ -13,6 +13,7 @@ from hatchery.keys.models import ApiKey
 from hatchery.migrator import execution
 from hatchery.projects import admission, provisioning, repository, templates
 from hatchery.projects.models import Environment, Project, ProjectStatus
+from hatchery.projects.params import DeleteParams, InitializeParams
 from hatchery.projects.schemas import Adoption, MigrationSettingsUpdate, ProjectCreate
 from hatchery.runs import repository as runs_repository
 from hatchery.runs import service as runs
@@ -52,10 +53,10 @@ async def create_project(
     project_id = uuid.uuid4()
     if body.adopt is not None:
         project = await _adopted(settings, body, body.adopt, project_id)
-        params = {"variant": "adopt", "stamp": body.adopt.stamp}
+        params = InitializeParams(variant="adopt", stamp=body.adopt.stamp)
     else:
         project = _hatched(settings, body, project_id)
-        params = {}
+        params = InitializeParams()
     try:
         async with session.begin_nested():
             session.add(project)
@@ -242,7 +243,7 @@ async def retry_initialization(
         session,
         project_id=project_id,
         kind=RunKind.initialize,
-        params=last.params,
+        params=InitializeParams.model_validate(last.params),
         trigger=RunTrigger.retry,
         attempt=last.attempt + 1,
         idempotency_key=retry_key,
@@ -267,7 +268,7 @@ async def delete_project(
         session,
         project_id=project_id,
         kind=RunKind.delete,
-        params={"variant": "forget"} if project.adopted else {},
+        params=DeleteParams(variant="forget" if project.adopted else None),
         key_id=key.id,
     )
     if project.adopted:

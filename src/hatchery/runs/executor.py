@@ -15,9 +15,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import structlog
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -43,6 +44,17 @@ class StepFailed(RuntimeError):
         self.details = details
 
 
+class StepOutput(BaseModel):
+    """What a step returns for the steps after it, read by type (`context.output(...)`);
+    stored as the step's output (only the fields it set)."""
+
+    step: ClassVar[str]  # the name of the step that produces it
+
+
+OutputT = TypeVar("OutputT", bound=StepOutput)
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+
+
 @dataclass
 class StepContext:
     session: AsyncSession
@@ -54,9 +66,17 @@ class StepContext:
     # rolled back then).
     sessionmaker: async_sessionmaker[AsyncSession]
 
-    def output_of(self, step: str) -> dict[str, Any]:
-        """What an earlier step of this run produced."""
-        return next(s.output or {} for s in self.run.steps if s.name == step)
+    def output(self, model: type[OutputT]) -> OutputT | None:
+        """What an earlier step of this run produced; None when it has produced nothing (yet)
+        or this run skipped it (an earlier run did it)."""
+        step = next(s for s in self.run.steps if s.name == model.step)
+        if step.status == StepStatus.skipped or not step.output:
+            return None
+        return model.model_validate(step.output or {})
+
+    def params(self, model: type[ParamsT]) -> ParamsT:
+        """The run's parameters, as its plan declares them."""
+        return model.model_validate(self.run.params)
 
     async def progress(self, percent: float, message: str) -> None:
         await stream.publish(
@@ -68,13 +88,15 @@ class StepContext:
         await stream.publish(self.redis, self.run.id, "step.log", self.step, message=message)
 
 
-StepFn = Callable[[StepContext], Awaitable[dict[str, Any] | None]]
+StepFn = Callable[[StepContext], Awaitable[StepOutput | dict[str, Any] | None]]
 FailureHook = Callable[[AsyncSession, Run, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class Plan:
     steps: Sequence[tuple[str, StepFn]]
+    # What a run of the plan is given: checked when the run is created.
+    params: type[BaseModel] | None = None
     # A new run of the same kind skips the steps that an earlier one completed.
     resumable: bool = False
     # Called in the transaction that claims the run.
@@ -260,6 +282,8 @@ class Executor:
                     step = _step(run, name)
                     step.status, step.finished_at = StepStatus.succeeded, db.utcnow()
                     step.duration_ms = _ms_since(started)
+                    if isinstance(output, StepOutput):
+                        output = output.model_dump(mode="json", exclude_unset=True)
                     step.output = output or {}
             except Exception as exc:
                 failed = functools.partial(self._fail_step, run_id, plan, name, started, exc)

@@ -3,6 +3,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,7 +28,7 @@ async def create_run(
     trigger: RunTrigger = RunTrigger.api,
     attempt: int = 1,
     idempotency_key: str | None = None,
-    params: dict[str, Any] | None = None,
+    params: BaseModel | None = None,
     key_id: uuid.UUID | None = None,
 ) -> tuple[Run, bool]:
     """A queued run with its plan's steps, and whether it is new: with an idempotency
@@ -37,16 +38,20 @@ async def create_run(
         existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
         if existing is not None:
             return existing, False
+    given = params.model_dump(mode="json") if params is not None else {}
+    plan = plans.plan_for(kind, given.get("variant"))
+    if plan.params is not None:  # the parameters its steps will read, checked now
+        given = plan.params.model_validate(given).model_dump(mode="json")
     try:
         async with session.begin_nested():
             run = await _add_run(
                 session,
                 project_id=project_id,
                 kind=kind,
-                steps=plans.plan_for(kind, (params or {}).get("variant")).step_names,
+                steps=plan.step_names,
                 trigger=trigger,
                 idempotency_key=idempotency_key,
-                params=params,
+                params=given,
                 key_id=key_id,
                 attempt=attempt,
             )
