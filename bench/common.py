@@ -1,4 +1,5 @@
-"""What the benchmarks share: embedded servers, a migrated control database, real processes."""
+"""What the benchmarks and the test suite share: embedded servers, a migrated control
+database, real `hatchery` processes."""
 
 import asyncio
 import os
@@ -78,25 +79,35 @@ def stack(**env: str) -> Iterator[Stack]:
         postgres.stop()
 
 
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A hatchery process; its output goes to HATCHERY_BENCH_LOGS (a directory) if set."""
+def start(
+    command: list[str], env: dict[str, str], log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A hatchery process; its output goes to `log`, else to a file in
+    HATCHERY_BENCH_LOGS (a directory) if set."""
     logs = os.environ.get("HATCHERY_BENCH_LOGS")
-    output: int | IO[bytes] = subprocess.DEVNULL
-    if logs:
-        output = (Path(logs) / f"{command[0]}-{time.monotonic_ns()}.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "hatchery.cli", *command], env=env, stdout=output, stderr=output
-    )
+    if log is None and logs:
+        log = Path(logs) / f"{command[0]}-{time.monotonic_ns()}.log"
+    output: int | IO[bytes] = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hatchery.cli", *command],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    finally:
+        if not isinstance(output, int):
+            output.close()  # the process has its own copy
 
 
-def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def start_api(env: dict[str, str], log: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    process = start(["api", "--port", str(port)], env)
+    process = start(["api", "--port", str(port)], env, log)
     wait_for_port(port, 30, process)
     return process, port
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
     process.terminate()
     try:
         process.wait(20)

@@ -2,7 +2,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,10 +13,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+import bench.common as bench
+from bench.common import start, stop
 from hatchery import db, queue
 from hatchery.app import create_app
 from hatchery.config import Settings
-from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
 from hatchery.keys import service as keys
 from hatchery.keys.models import ApiKey, Scope
 
@@ -135,41 +136,17 @@ def service_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def start_process(
-    command: list[str], env: dict[str, str], log_path: Path
-) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hatchery.cli", *command],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="session")
 def worker_process(
     service_env: dict[str, str], scratch_dir: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    process = start_process(["worker"], service_env, scratch_dir / "worker.log")
+    process = start(["worker"], service_env, scratch_dir / "worker.log")
     yield process
-    stop_process(process)
+    stop(process)
 
 
-def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = start_process(["api", "--port", str(port)], env, log_path)
-    wait_for_port(port, 30, process)
+def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    process, port = bench.start_api(env, log)
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -180,7 +157,7 @@ def live_api(
     """The URL of a real `hatchery api` process, with a real worker beside it."""
     process, url = start_api(service_env, scratch_dir / "api.log")
     yield url
-    stop_process(process)
+    stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -330,4 +307,4 @@ def isolated_env(service_env: dict[str, str]) -> dict[str, str]:
 def isolated_api(isolated_env: dict[str, str], scratch_dir: Path) -> Iterator[str]:
     process, url = start_api(isolated_env, scratch_dir / "isolated-api.log")
     yield url
-    stop_process(process)
+    stop(process)

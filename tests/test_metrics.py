@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hatchery.embedded import free_port, wait_for_port
-from tests.conftest import bearer, start_api, start_process, stop_process
+from tests.conftest import bearer, start, start_api, stop
 from tests.e2e.helpers import WorkingCopy, create_project, deploy, get_project, wait_for_run
 from tests.sse import frames
 
@@ -31,7 +31,7 @@ def value(text: str, name: str, **labels: str) -> float:
 def metrics_api(isolated_env: dict[str, str], scratch_dir: Path) -> Iterator[str]:
     process, url = start_api(isolated_env, scratch_dir / "metrics-api.log")
     yield url
-    stop_process(process)
+    stop(process)
 
 
 async def test_api_and_worker_metrics_count_requests_runs_steps_streams_and_backups(
@@ -65,7 +65,7 @@ async def test_api_and_worker_metrics_count_requests_runs_steps_streams_and_back
 
         port = free_port()
         env = {**isolated_env, "HATCHERY_WORKER_METRICS_PORT": str(port)}
-        worker = start_process(["worker"], env, scratch_dir / "metrics-worker.log")
+        worker = start(["worker"], env, scratch_dir / "metrics-worker.log")
         try:
             wait_for_port(port, 30, worker)
             run = await wait_for_run(api, live_admin_token, created["run"]["id"])
@@ -82,7 +82,7 @@ async def test_api_and_worker_metrics_count_requests_runs_steps_streams_and_back
             async with httpx.AsyncClient() as client:
                 worker_text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         finally:
-            stop_process(worker)
+            stop(worker)
 
     for kind in ("initialize", "upgrade"):
         assert value(worker_text, "hatchery_runs_total", kind=kind, status="succeeded") == 1.0

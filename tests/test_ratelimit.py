@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hatchery import db, queue
 from hatchery.config import Settings
 from hatchery.keys.models import Scope
-from tests.conftest import bearer, make_key, start_api, stop_process
+from tests.conftest import bearer, make_key, start_api, stop
 
 LIMITS = {
     "HATCHERY_RATE_LIMIT_PER_KEY": "4/minute",
@@ -29,7 +29,7 @@ async def replicas(isolated_env: dict[str, str], scratch_dir: Path) -> AsyncIter
     started = [start_api(env, scratch_dir / f"limited-api-{i}.log") for i in range(2)]
     yield [url for _, url in started]
     for process, _ in started:
-        stop_process(process)
+        stop(process)
 
 
 @pytest.fixture

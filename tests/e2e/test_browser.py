@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from hatchery.embedded import free_port, wait_for_port
-from tests.conftest import bearer, start_process, stop_process
+from tests.conftest import bearer, start, stop
 from tests.e2e.helpers import create_project
 from tests.sse import follow
 
@@ -71,7 +71,7 @@ def wait_for(reports: Reports, path: str, match: dict[str, Any], timeout: float)
 
 
 def start_api_on(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    process = start_process(["api", "--port", str(port)], env, log)
+    process = start(["api", "--port", str(port)], env, log)
     wait_for_port(port, 30, process)
     return process
 
@@ -88,7 +88,7 @@ async def test_event_source_follows_a_run_through_an_api_restart_losing_and_repe
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     log = scratch_dir / "browser-api.log"
-    worker = start_process(["worker"], env, scratch_dir / "browser-worker.log")
+    worker = start(["worker"], env, scratch_dir / "browser-worker.log")
     api = start_api_on(port, env, log)
     browser = None
     try:
@@ -127,8 +127,8 @@ async def test_event_source_follows_a_run_through_an_api_restart_losing_and_repe
         if browser is not None:
             browser.kill()
             browser.wait()
-        stop_process(api)
-        stop_process(worker)
+        stop(api)
+        stop(worker)
 
     expected = [(f.event, f.id) for f in frames if f.event != "snapshot"]
     seen = [(e["type"], e["id"]) for e in result["seen"] if e["type"] != "snapshot"]

@@ -11,7 +11,7 @@ import httpx
 from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
 from hatchery.events import stream
 from hatchery.queue import close, connect, enqueue, result
-from tests.conftest import bearer, start_process, stop_process
+from tests.conftest import bearer, start, stop
 from tests.e2e.helpers import create_project, get_project, wait_for_run
 from tests.sse import follow
 
@@ -24,7 +24,7 @@ async def test_killed_worker_is_reaped_and_retry_duplicates_nothing(
     postgres: EmbeddedPostgres,
 ) -> None:
     log = scratch_dir / "crash-worker.log"
-    doomed = start_process(["worker"], isolated_env, log)
+    doomed = start(["worker"], isolated_env, log)
     survivor: subprocess.Popen[bytes] | None = None
     try:
         async with httpx.AsyncClient(base_url=isolated_api, timeout=60) as client:
@@ -40,7 +40,7 @@ async def test_killed_worker_is_reaped_and_retry_duplicates_nothing(
             doomed.wait()
             killed_at = time.monotonic()
 
-            survivor = start_process(["worker"], isolated_env, log)
+            survivor = start(["worker"], isolated_env, log)
             run = await wait_for_run(client, live_admin_token, run_id, timeout=30)
             assert run["status"] == "failed" and run["error_code"] == "worker_lost"
             assert time.monotonic() - killed_at < 15
@@ -57,9 +57,9 @@ async def test_killed_worker_is_reaped_and_retry_duplicates_nothing(
             assert [s["status"] for s in resumed["steps"][:3]] == ["skipped"] * 3
             project = await get_project(client, live_admin_token, project_id)
     finally:
-        stop_process(doomed)
+        stop(doomed)
         if survivor is not None:
-            stop_process(survivor)
+            stop(survivor)
 
     assert project["status"] == "active"
     prefix = f"crash_me_{project_id.replace('-', '')[:8]}_%"

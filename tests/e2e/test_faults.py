@@ -15,11 +15,9 @@ import httpx
 import pytest
 
 from bench.common import Stack, stack
-from bench.common import start as start_bench_process
 from bench.common import start_api as start_bench_api
-from bench.common import stop as stop_bench_process
 from hatchery.embedded import EmbeddedPostgres
-from tests.conftest import bearer, start_process, stop_process
+from tests.conftest import bearer, start, stop
 from tests.e2e.helpers import (
     WorkingCopy,
     active_project,
@@ -131,7 +129,7 @@ async def test_a_killed_migrators_statement_never_runs_beside_the_next_migration
 ) -> None:
     log = scratch_dir / "two-migrators.log"
     # One job at a time: the deploy that waits for the lock goes to the other worker.
-    doomed = start_process(["worker"], {**isolated_env, "HATCHERY_WORKER_MAX_JOBS": "1"}, log)
+    doomed = start(["worker"], {**isolated_env, "HATCHERY_WORKER_MAX_JOBS": "1"}, log)
     waiting = None
     sampler = None
     try:
@@ -155,7 +153,7 @@ async def test_a_killed_migrators_statement_never_runs_beside_the_next_migration
                 until=lambda f: f.event == "step.started" and f.data["step"] == "migrate",
             )  # fmt: skip
             await asyncio.sleep(1)  # its statement is under way
-            waiting = start_process(["worker"], isolated_env, log)
+            waiting = start(["worker"], isolated_env, log)
             # The next migration does not sleep.
             postgres.psql(staging, f"SET ROLE {staging}; CREATE TABLE fast_lane (id int)")
             second = (await deploy(client, token, project["id"], "staging", commit, "o2")).json()
@@ -170,9 +168,9 @@ async def test_a_killed_migrators_statement_never_runs_beside_the_next_migration
         if sampler is not None:
             sampler.stopped.set()
             sampler.join()
-        stop_process(doomed)
+        stop(doomed)
         if waiting is not None:
-            stop_process(waiting)
+            stop(waiting)
     assert run["status"] == "succeeded", run["error"]
     assert postgres.psql(staging, "SELECT version_num FROM alembic_version").strip() == "0003"
     assert sampler.seen > 0
@@ -205,7 +203,7 @@ def _cli(url: str, token: str, *args: str, timeout: float = 120) -> subprocess.P
 async def test_the_cli_and_deploy_script_ride_out_an_outage_and_report_success(
     own_stack: Stack, tmp_path: Path
 ) -> None:
-    worker = start_bench_process(["worker"], own_stack.env)
+    worker = start(["worker"], own_stack.env)
     api, port = start_bench_api(own_stack.env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -222,8 +220,8 @@ async def test_the_cli_and_deploy_script_ride_out_an_outage_and_report_success(
             output, _ = await asyncio.to_thread(watcher.communicate, timeout=120)
             run = await wait_for_run(client, own_stack.admin_token, run_id, timeout=120)
     finally:
-        stop_bench_process(api)
-        stop_bench_process(worker)
+        stop(api)
+        stop(worker)
     assert run["status"] == "succeeded", run["error"]
     assert watcher.returncode == 0, output
 
@@ -231,7 +229,7 @@ async def test_the_cli_and_deploy_script_ride_out_an_outage_and_report_success(
 async def test_outages_answer_503_with_retry_after_and_a_run_survives_them(
     own_stack: Stack,
 ) -> None:
-    worker = start_bench_process(["worker"], own_stack.env)
+    worker = start(["worker"], own_stack.env)
     api, port = start_bench_api(own_stack.env)
     token = own_stack.admin_token
     try:
@@ -257,8 +255,8 @@ async def test_outages_answer_503_with_retry_after_and_a_run_survives_them(
             )
             own_stack.redis.start()
     finally:
-        stop_bench_process(api)
-        stop_bench_process(worker)
+        stop(api)
+        stop(worker)
     for answer in (down, stream):
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
@@ -277,7 +275,7 @@ async def test_a_baseline_that_landed_before_a_crash_has_its_history_after_the_r
     live_admin_token: str,
 ) -> None:
     log = scratch_dir / "baseline-crash.log"
-    doomed = start_process(["worker"], isolated_env, log)
+    doomed = start(["worker"], isolated_env, log)
     survivor = None
     try:
         async with httpx.AsyncClient(base_url=isolated_api, timeout=60) as client:
@@ -290,7 +288,7 @@ async def test_a_baseline_that_landed_before_a_crash_has_its_history_after_the_r
             )  # fmt: skip
             doomed.send_signal(signal.SIGKILL)
             doomed.wait()
-            survivor = start_process(["worker"], isolated_env, log)
+            survivor = start(["worker"], isolated_env, log)
             lost = await wait_for_run(client, live_admin_token, run_id, timeout=60)
             assert lost["error_code"] == "worker_lost"
             retry = await client.post(
@@ -304,9 +302,9 @@ async def test_a_baseline_that_landed_before_a_crash_has_its_history_after_the_r
                 listed = await revisions(client, live_admin_token, project, env)
                 assert listed["history"][0]["applied"] is not None, (env, listed)
     finally:
-        stop_process(doomed)
+        stop(doomed)
         if survivor is not None:
-            stop_process(survivor)
+            stop(survivor)
 
 
 async def test_a_slug_postgresql_reserves_is_refused_naming_the_field(

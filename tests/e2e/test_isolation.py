@@ -15,7 +15,7 @@ import pytest
 
 from hatchery.config import Settings
 from hatchery.embedded import EmbeddedPostgres
-from tests.conftest import bearer, start_api, start_process, stop_process
+from tests.conftest import bearer, start, start_api, stop
 from tests.e2e.helpers import deploy, get_project
 from tests.e2e.repositories import adopt, commit_tree, database, finished
 from tests.sse import follow
@@ -112,11 +112,11 @@ def limited(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """An api and a worker whose migrations may run 6 s at most."""
     env = {**isolated_env, "HATCHERY_MIGRATION_TIMEOUT_SECONDS": "6"}
-    worker = start_process(["worker"], env, scratch_dir / "limited-worker.log")
+    worker = start(["worker"], env, scratch_dir / "limited-worker.log")
     api, url = start_api(env, scratch_dir / "limited-api.log")
     yield url, env
-    stop_process(api)
-    stop_process(worker)
+    stop(api)
+    stop(worker)
 
 
 async def test_a_hostile_revision_sees_nothing_of_hatchery_writes_nothing_of_it_and_is_stopped(
@@ -226,9 +226,7 @@ async def test_a_second_worker_leaves_a_blocked_migration_alone_and_its_heartbea
     postgres: EmbeddedPostgres,
     repos: Path,
 ) -> None:
-    workers = [
-        start_process(["worker"], isolated_env, scratch_dir / f"blocked-{i}.log") for i in (1, 2)
-    ]
+    workers = [start(["worker"], isolated_env, scratch_dir / f"blocked-{i}.log") for i in (1, 2)]
     try:
         async with httpx.AsyncClient(base_url=isolated_api, timeout=120) as client:
             repo = service(repos, "blocked")
@@ -256,7 +254,7 @@ async def test_a_second_worker_leaves_a_blocked_migration_alone_and_its_heartbea
             run = await finished(client, live_admin_token, run_id)
     finally:
         for worker in workers:
-            stop_process(worker)
+            stop(worker)
     assert len(set(beats)) == 3, beats  # the worker kept beating while the child slept
     assert run["status"] == "succeeded", run["error"]
     assert postgres.psql(database_name, "SELECT version_num FROM alembic_version").strip() == "0002"

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from hatchery.embedded import EmbeddedPostgres
-from tests.conftest import bearer, start_process, stop_process
+from tests.conftest import bearer, start, stop
 from tests.e2e.helpers import WorkingCopy, active_project, deploy, wait_for_run
 from tests.sse import follow
 
@@ -342,8 +342,8 @@ async def test_fifty_concurrent_deploy_events_make_ten_runs_that_never_overlap(
         for run in runs
         if run["steps"][0]["started_at"]
     )
-    for (_, end), (start, _) in itertools.pairwise(spans):
-        assert end <= start, "two runs held the database at once"
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, "two runs held the database at once"
     assert (await revisions(live, live_admin_token, project, "staging"))["current"] == "0011"
 
 
@@ -356,7 +356,7 @@ async def test_killed_worker_mid_migration_leaves_old_revision_and_frees_the_loc
     tmp_path: Path,
 ) -> None:
     log = scratch_dir / "migration-crash-worker.log"
-    doomed = start_process(["worker"], isolated_env, log)
+    doomed = start(["worker"], isolated_env, log)
     survivor = None
     try:
         async with httpx.AsyncClient(base_url=isolated_api, timeout=60) as client:
@@ -384,7 +384,7 @@ async def test_killed_worker_mid_migration_leaves_old_revision_and_frees_the_loc
             doomed.send_signal(signal.SIGKILL)
             doomed.wait()
 
-            survivor = start_process(["worker"], isolated_env, log)
+            survivor = start(["worker"], isolated_env, log)
             run = await wait_for_run(client, live_admin_token, run_id, timeout=30)
             assert run["status"] == "failed" and run["error_code"] == "worker_lost"
 
@@ -401,9 +401,9 @@ async def test_killed_worker_mid_migration_leaves_old_revision_and_frees_the_loc
             assert (await wait_for_run(client, token, retry.json()["id"]))["status"] == "succeeded"
             assert has_table(postgres, staging, "slow")
     finally:
-        stop_process(doomed)
+        stop(doomed)
         if survivor is not None:
-            stop_process(survivor)
+            stop(survivor)
 
 
 async def test_backups_are_pruned_by_count_but_never_the_newest(
@@ -413,7 +413,7 @@ async def test_backups_are_pruned_by_count_but_never_the_newest(
     live_admin_token: str,
     tmp_path: Path,
 ) -> None:
-    worker = start_process(
+    worker = start(
         ["worker"], {**isolated_env, "HATCHERY_BACKUP_KEEP_COUNT": "2"}, scratch_dir / "prune.log"
     )
     try:
@@ -433,7 +433,7 @@ async def test_backups_are_pruned_by_count_but_never_the_newest(
                 headers=bearer(live_admin_token),
             )
     finally:
-        stop_process(worker)
+        stop(worker)
     assert [b["revision"] for b in listed.json()["items"]] == ["0003", "0002"]
     files = sorted(
         (Path(isolated_env["HATCHERY_BACKUPS_DIR"]) / project["id"] / "staging").iterdir()

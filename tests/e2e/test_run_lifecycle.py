@@ -12,7 +12,7 @@ import pytest
 from hatchery.embedded import EmbeddedPostgres, EmbeddedRedis
 from hatchery.events import stream
 from hatchery.queue import close, connect
-from tests.conftest import bearer, start_api, stop_process
+from tests.conftest import bearer, start_api, stop
 from tests.e2e.helpers import create_project, get_project, wait_for_run
 from tests.sse import Frame, follow
 
@@ -193,7 +193,7 @@ def quick_ping_api(service_env: dict[str, str], scratch_dir: Path) -> Iterator[s
     env = {**service_env, "HATCHERY_SSE_PING_SECONDS": "0.3"}
     process, url = start_api(env, scratch_dir / "ping-api.log")
     yield url
-    stop_process(process)
+    stop(process)
 
 
 async def test_idle_stream_gets_heartbeat_comments(

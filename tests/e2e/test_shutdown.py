@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import bearer, start_api, start_process, stop_process
+from tests.conftest import bearer, start, start_api, stop
 from tests.e2e.helpers import create_project, wait_for_run
 from tests.sse import follow
 
@@ -36,7 +36,7 @@ async def test_sigterm_closes_event_streams_with_a_retry_hint_and_the_api_exits(
         api.wait(timeout=15)
         exited_after = time.monotonic() - signalled
     finally:
-        stop_process(api)
+        stop(api)
 
     assert "event: snapshot" in lines
     farewell = lines[lines.index("event: snapshot") :]
@@ -58,9 +58,9 @@ async def test_sigterm_mid_step_hands_the_run_back_and_another_worker_finishes_i
     isolated_env: dict[str, str], isolated_api: str, scratch_dir: Path, live_admin_token: str
 ) -> None:
     env = {**isolated_env, "HATCHERY_WORKER_SHUTDOWN_GRACE_SECONDS": "1"}
-    stopping = start_process(["worker"], env, scratch_dir / "sigterm-worker.log")
+    stopping = start(["worker"], env, scratch_dir / "sigterm-worker.log")
     successor_log = scratch_dir / "successor-worker.log"
-    successor = start_process(["worker"], isolated_env, successor_log)
+    successor = start(["worker"], isolated_env, successor_log)
     try:
         deadline = time.monotonic() + 30
         while "Starting worker" not in successor_log.read_text():
@@ -95,8 +95,8 @@ async def test_sigterm_mid_step_hands_the_run_back_and_another_worker_finishes_i
             frames = await follow(client, run_id, live_admin_token)
     finally:
         successor.send_signal(signal.SIGCONT)
-        stop_process(stopping)
-        stop_process(successor)
+        stop(stopping)
+        stop(successor)
 
     events = [(f.event, f.data.get("step"), f.data.get("message")) for f in frames[1:]]
     handed = next(i for i, (_, _, m) in enumerate(events) if m and "worker stopping" in m)
