@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hatchery import redaction
+from hatchery.failures import Failure
 
 AUTHOR = ["-c", "user.name=Hatchery", "-c", "user.email=hatchery@localhost"]
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -30,7 +31,7 @@ _UNSAFE_CHARACTERS = re.compile(r"[\x00-\x20\x7f]")
 _BRANCH = re.compile(r"[A-Za-z0-9._/-]+")
 
 
-class GitError(RuntimeError):
+class GitError(Failure):
     pass
 
 

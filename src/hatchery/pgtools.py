@@ -7,10 +7,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from hatchery.failures import Failure
+
 PG_BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/local/pgsql/bin")]
 
 
-class PgToolError(RuntimeError):
+class PgToolError(Failure):
     pass
 
 

@@ -12,6 +12,8 @@ from arq.constants import health_check_key_suffix
 from arq.jobs import Job, SerializationError
 from redis.asyncio import ConnectionPool
 
+from hatchery.failures import Failure
+
 QUEUE_NAME = "hatchery:queue"
 HEALTH_KEY = QUEUE_NAME + health_check_key_suffix
 
@@ -57,7 +59,7 @@ async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None)
     return enqueued.job_id if enqueued else None
 
 
-class JobFailed(RuntimeError):
+class JobFailed(Failure):
     """The job raised: its exception, as the worker recorded it (a repr)."""
 
 

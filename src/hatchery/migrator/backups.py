@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from hatchery import metrics, pgtools
+from hatchery.failures import Failure
 
 
-class BackupError(RuntimeError):
+class BackupError(Failure):
     pass
 
 

@@ -14,12 +14,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hatchery import db
+from hatchery.failures import Failure
 
 POLL_SECONDS = 0.1
 log = structlog.get_logger("hatchery.migrations")
 
 
-class LockTimeout(RuntimeError):
+class LockTimeout(Failure):
     pass
 
 

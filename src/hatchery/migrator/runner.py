@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from hatchery import redaction
 from hatchery.config import Settings
+from hatchery.failures import Failure
 from hatchery.migrator.sandbox import Sandbox, kill, lines
 from hatchery.migrator.workspace import Workspace
 
@@ -45,7 +46,7 @@ class Site:
     variables: dict[str, str] = field(default_factory=dict)
 
 
-class ChildFailed(RuntimeError):
+class ChildFailed(Failure):
     """What the child reported: the exception's type and message, the failing statement
     and revision, the traceback's tail, and the revisions that landed before it."""
 

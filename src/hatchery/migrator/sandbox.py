@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hatchery.config import Settings
+from hatchery.failures import Failure
 
 LINE_LIMIT = 1 << 20
 
 
-class SandboxTimeout(RuntimeError):
+class SandboxTimeout(Failure):
     pass
 
 

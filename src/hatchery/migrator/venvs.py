@@ -28,6 +28,7 @@ from uv import find_uv_bin
 
 from hatchery import redaction
 from hatchery.config import Settings
+from hatchery.failures import Failure
 from hatchery.migrator.sandbox import Sandbox, SandboxTimeout
 
 READY = ".ready"
@@ -42,7 +43,7 @@ NETWORK = (
 )  # fmt: skip
 
 
-class EnvironmentFailed(RuntimeError):
+class EnvironmentFailed(Failure):
     """The project's environment could not be made; the message names what and why."""
 
 

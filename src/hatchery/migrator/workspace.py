@@ -10,12 +10,13 @@ from pathlib import Path
 
 from hatchery import git
 from hatchery.config import Settings
+from hatchery.failures import Failure
 from hatchery.migrator.sandbox import Sandbox
 
 EXPORTED = ".exported"
 
 
-class NoAlembicConfig(RuntimeError):
+class NoAlembicConfig(Failure):
     pass
 
 

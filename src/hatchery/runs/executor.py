@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from hatchery import db, metrics, redaction
 from hatchery.config import Settings
 from hatchery.events import stream
+from hatchery.failures import Failure
 from hatchery.migrator import execution
 from hatchery.runs import repository
 from hatchery.runs.models import Run, RunStatus, Step, StepStatus
@@ -35,7 +36,7 @@ T = TypeVar("T")
 TRACE_LIMIT = 4000
 
 
-class StepFailed(RuntimeError):
+class StepFailed(Failure):
     """The root of what a step raises when it fails for a reason it can name: the message
     becomes the step's error, `details` (what it knows beyond that) its output."""
 
