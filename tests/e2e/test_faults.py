@@ -261,11 +261,11 @@ async def test_outages_answer_503_with_retry_after_and_a_run_survives_them(
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert int(answer.headers["retry-after"]) > 0
-    assert run["error_code"] != "worker_lost", run
+    assert run["error_code"] != "worker_lost", (run["error"], run)
     # The project's databases share the restarted server: a baseline running at that moment
     # fails, naming the cause.
     causes = {"control_database_unavailable", "database_unavailable"}
-    assert run["status"] == "succeeded" or run["error_code"] in causes, run
+    assert run["status"] == "succeeded" or run["error_code"] in causes, (run["error"], run)
 
 
 async def test_a_baseline_that_landed_before_a_crash_has_its_history_after_the_retry(

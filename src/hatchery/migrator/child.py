@@ -505,9 +505,22 @@ def describe(exc: BaseException) -> dict:
         "message": message or repr(exc),
         "statement": str(statement)[:4000] if statement else None,
         "traceback": traceback.format_exc()[-TRACE_LIMIT:],
-        # SQLAlchemy's dialect judged it a lost connection (the server went away).
-        "disconnected": bool(getattr(exc, "connection_invalidated", False)),
+        "unreachable": unreachable(exc),
     }
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether the database server could not be reached or went away: refused, closed,
+    shutting down (any driver), not that it refused a statement."""
+    if getattr(exc, "connection_invalidated", False):  # SQLAlchemy's dialect says: lost
+        return True
+    original = getattr(exc, "orig", None) or exc
+    sqlstate = str(getattr(original, "pgcode", None) or getattr(original, "sqlstate", None) or "")
+    if sqlstate.startswith(("08", "57P01", "57P02", "57P03")):
+        return True
+    # A driver's OperationalError without a SQLSTATE never reached a server that answered.
+    no_answer = type(original).__name__ == "OperationalError" and not sqlstate
+    return no_answer or isinstance(original, ConnectionError | TimeoutError)
 
 
 def main() -> int:

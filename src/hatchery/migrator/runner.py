@@ -56,8 +56,8 @@ class ChildFailed(Failure):
         self.statement: str | None = failure.get("statement")
         self.landed: list[str] = failure.get("landed", [])
         self.trace: str = failure.get("traceback", "")
-        # The project's database server went away under it (restarted, failed over).
-        self.disconnected: bool = bool(failure.get("disconnected"))
+        # The project's database server could not be reached, or went away under it.
+        self.unreachable: bool = bool(failure.get("unreachable"))
         where = f"revision {self.revision} failed: " if self.revision else ""
         super().__init__(f"{where}{failure.get('type')}: {failure.get('message')}")
 

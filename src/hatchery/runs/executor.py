@@ -274,8 +274,7 @@ class Executor:
     async def _run_step(self, run_id: uuid.UUID, plan: Plan, name: str, function: StepFn) -> bool:
         started = time.monotonic()
         async with self.sessionmaker() as session:
-            run = await repository.get(session, run_id)
-            assert run is not None
+            run = await self._persist(functools.partial(_reload, session, run_id))
             context = StepContext(session, run, name, self.settings, self.redis, self.sessionmaker)
             try:
                 async with db.transaction(session):
@@ -320,6 +319,10 @@ class Executor:
                 error_code=_error_code(exc),
             )  # fmt: skip
 
+    async def _beat_in_database(self, run_id: uuid.UUID) -> bool:
+        async with self.sessionmaker() as session, db.transaction(session):
+            return await repository.heartbeat(session, run_id)
+
     @contextlib.asynccontextmanager
     async def _heartbeat(self, run_id: uuid.UUID) -> AsyncIterator[None]:
         async def beat() -> None:
@@ -336,8 +339,11 @@ class Executor:
                         self.settings.run_heartbeat_seconds,
                     )
                 try:
-                    async with self.sessionmaker() as session, db.transaction(session):
-                        alive = await repository.heartbeat(session, run_id)
+                    # Bounded too: a control database that is away must not hold up the
+                    # next beat in Redis past the life of the last one.
+                    alive = await asyncio.wait_for(
+                        self._beat_in_database(run_id), self.settings.run_stale_after_seconds / 2
+                    )
                 except Exception:
                     log.exception("heartbeat_failed")
                     continue
@@ -399,13 +405,21 @@ async def fail(
     db.after_commit(session, announce)
 
 
+async def _reload(session: AsyncSession, run_id: uuid.UUID) -> Run:
+    """The run, in a session that may have just lost its connection (then tried again)."""
+    await session.rollback()
+    run = await repository.get(session, run_id)
+    assert run is not None
+    return run
+
+
 def _error_code(exc: Exception) -> str | None:
     """What a step's failure says beyond `step_failed`: which server went away."""
     if db.unavailable(exc):
         return "control_database_unavailable"
     cause: BaseException | None = exc  # steps re-raise the child's failure in their words
     while cause is not None:
-        if getattr(cause, "disconnected", False):
+        if getattr(cause, "unreachable", False):
             return "database_unavailable"
         cause = cause.__cause__ or cause.__context__
     return None
