@@ -20,6 +20,7 @@ from hatchery.migrator import execution, locking, revisions, venvs, workspace
 from hatchery.migrator.revisions import History
 from hatchery.migrator.runner import ChildFailed, Hooks
 from hatchery.migrator.sandbox import Sandbox
+from hatchery.plans import common
 from hatchery.plans import delete as deletion
 from hatchery.plans import initialize as initialization
 from hatchery.projects import admission, provisioning
@@ -107,11 +108,7 @@ async def verify_repository(context: StepContext) -> VerifiedRepository:
 
 async def prepared(context: StepContext) -> execution.Prepared:
     project = await load_project(context.session, context.run)
-    commit = await commit_of(context, project)
-    return await execution.prepare(
-        context.settings, str(context.run.id), projects.migrations_source(project), commit,
-        context.log,
-    )  # fmt: skip
+    return await common.prepared(context, project, await commit_of(context, project))
 
 
 async def prepare_environment(context: StepContext) -> dict[str, Any]:

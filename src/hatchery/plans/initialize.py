@@ -18,8 +18,8 @@ from hatchery.migrations.models import Direction
 from hatchery.migrator import execution, locking, revisions
 from hatchery.migrator.revisions import History
 from hatchery.migrator.runner import ChildFailed, Hooks
+from hatchery.plans import common
 from hatchery.projects import provisioning, repository, templates
-from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, ProjectStatus
 from hatchery.projects.params import InitializeParams
 from hatchery.projects.repository import load_project
@@ -80,13 +80,9 @@ async def prepared(context: StepContext) -> execution.Prepared:
     """The project's files at its first commit and its own environment, for the steps
     that run its migrations (found again, not rebuilt, by the later ones)."""
     project = await load_project(context.session, context.run)
-    path = project.repository
-    commit = await git.head_commit(path)
+    commit = await git.head_commit(project.repository)
     assert commit is not None
-    return await execution.prepare(
-        context.settings, str(context.run.id), projects.migrations_source(project), commit,
-        context.log,
-    )  # fmt: skip
+    return await common.prepared(context, project, commit)
 
 
 async def prepare_environment(context: StepContext) -> dict[str, Any]:

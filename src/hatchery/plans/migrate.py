@@ -24,8 +24,8 @@ from hatchery.migrator import backups, execution, locking, revisions
 from hatchery.migrator.revisions import History
 from hatchery.migrator.runner import ChildFailed, Hooks
 from hatchery.plans import adopt as adoption
+from hatchery.plans import common
 from hatchery.projects import provisioning
-from hatchery.projects import service as projects
 from hatchery.projects.models import Environment, Project
 from hatchery.projects.repository import load_project
 from hatchery.runs import repository as runs_repository
@@ -114,13 +114,8 @@ async def migrator_alive(session: AsyncSession, run: Run, settings: Settings) ->
 
 
 async def prepared(context: StepContext, commit: str) -> execution.Prepared:
-    """The run's checkout of `commit` and the project's environment: made by the first
-    step that asks, found again by the others."""
     project = await load_project(context.session, context.run)
-    return await execution.prepare(
-        context.settings, str(context.run.id), projects.migrations_source(project), commit,
-        context.log,
-    )  # fmt: skip
+    return await common.prepared(context, project, commit)
 
 
 async def still_ours(context: StepContext) -> bool:
