@@ -4,6 +4,7 @@ The rest of Hatchery enqueues "a job by name" and asks "is a worker alive"; arq 
 maintenance-only upstream, so this boundary is where a replacement would go.
 """
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -53,9 +54,16 @@ async def close(queue: Queue) -> None:
     await queue.aclose(close_connection_pool=True)
 
 
-async def enqueue(queue: Queue, job: str, *args: Any, job_id: str | None = None) -> str | None:
-    """Enqueue a job; returns its id, or None when a job with that id is already queued."""
-    enqueued = await queue.enqueue_job(job, *args, _job_id=job_id)
+async def enqueue(
+    queue: Queue,
+    job: str,
+    *args: Any,
+    job_id: str | None = None,
+    not_before: datetime | None = None,
+) -> str | None:
+    """Enqueue a job (to start no earlier than `not_before`); returns its id, or None when
+    a job with that id is already queued."""
+    enqueued = await queue.enqueue_job(job, *args, _job_id=job_id, _defer_until=not_before)
     return enqueued.job_id if enqueued else None
 
 

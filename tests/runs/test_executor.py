@@ -5,7 +5,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from hatchery import db, queue
 from hatchery.config import Settings
 from hatchery.events import stream
 from hatchery.projects.models import Project, ProjectStatus
-from hatchery.runs import reaper, repository
+from hatchery.runs import reaper, repository, service
 from hatchery.runs.executor import Executor, Plan, StepContext
 from hatchery.runs.models import Run, RunKind, RunStatus, Step, StepStatus
 
@@ -238,3 +238,49 @@ async def test_the_reaper_fails_a_silent_run_as_worker_lost_and_leaves_a_working
     assert statuses(lost) == ["pending", "failed"] and lost.steps[1].error.startswith("worker_lost")
     assert (await events(jobs, silent))[-2:] == [("step.failed", "two"), ("run.failed", None)]
     assert (await reloaded(session, alive)).status == RunStatus.running
+
+
+async def test_a_run_that_may_not_start_yet_waits_scheduled_with_a_job_for_then(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jobs: queue.Queue,
+    quiet: Settings,
+) -> None:
+    later = db.utcnow() + timedelta(hours=3)
+
+    async def window(session: AsyncSession, run: Run) -> datetime | None:
+        return later
+
+    plan = Plan(steps=[("one", succeed)], not_before=window)
+    run = await new_run(session, plan)
+    await executor(sessionmaker, jobs, quiet, plan).execute(run.id)
+    waiting = await reloaded(session, run)
+    assert waiting.status == RunStatus.scheduled and waiting.not_before == later
+    assert waiting.started_at is None and statuses(waiting) == ["pending"]
+    assert await events(jobs, run) == [("run.scheduled", None)]
+    score = await jobs.zscore(queue.QUEUE_NAME, f"run:{run.id}:{later.timestamp():.0f}")
+    assert score == pytest.approx(later.timestamp() * 1000, abs=1)
+
+    # Cancelled while it waits: the job, when it comes, finds nothing to do.
+    async with db.transaction(session):
+        await service.cancel_run(session, jobs, run.id)
+    await executor(sessionmaker, jobs, quiet, plan).execute(run.id)
+    assert (await reloaded(session, run)).status == RunStatus.cancelled
+
+
+async def test_a_scheduled_run_starts_once_its_time_has_come(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jobs: queue.Queue,
+    quiet: Settings,
+) -> None:
+    plan = Plan(steps=[("one", succeed)])
+    run = await new_run(
+        session, plan, status=RunStatus.scheduled, not_before=db.utcnow() + timedelta(hours=1)
+    )
+    await executor(sessionmaker, jobs, quiet, plan).execute(run.id)  # early: waits again
+    assert (await reloaded(session, run)).status == RunStatus.scheduled
+    async with db.transaction(session):
+        await session.execute(update(Run).where(Run.id == run.id).values(not_before=db.utcnow()))
+    await executor(sessionmaker, jobs, quiet, plan).execute(run.id)
+    assert (await reloaded(session, run)).status == RunStatus.succeeded

@@ -18,6 +18,8 @@ from hatchery.migrations.schemas import (
     MigrationCreate,
     Revisions,
     RollbackCreate,
+    Windows,
+    WindowsUpdate,
 )
 from hatchery.ratelimit import DeploymentsLimited
 from hatchery.runs.models import Run
@@ -160,3 +162,39 @@ async def list_backups(
     check_project(key, project_id)
     found = await service.list_backups(session, project_id, environment)
     return BackupList(items=[BackupOut.model_validate(b) for b in found])
+
+
+@router.get(
+    ENVIRONMENT + "/windows",
+    response_model=Windows,
+    name="get_windows",
+    summary="Deploy windows of an environment",
+)
+async def get_windows(
+    project_id: uuid.UUID, environment: str, session: SessionDep, key: ProjectsReader
+) -> Windows:
+    """When deploys may migrate the environment, and when the next window opens."""
+    check_project(key, project_id)
+    return await service.get_windows(session, project_id, environment)
+
+
+@router.put(
+    ENVIRONMENT + "/windows",
+    response_model=Windows,
+    name="set_windows",
+    summary="Set the deploy windows of an environment",
+    responses=error_responses(409),
+)
+async def set_windows(
+    project_id: uuid.UUID,
+    environment: str,
+    body: WindowsUpdate,
+    session: SessionDep,
+    key: Migrator,
+) -> Windows:
+    """A deployment reported outside every window is accepted (202) and its run waits
+    `scheduled` until the next one opens (`not_before`); it never starts after a window
+    closes. An empty list: deploys migrate at once. Manual migrations, rollbacks and
+    forced deployments are not held."""
+    check_project(key, project_id)
+    return await service.set_windows(session, project_id, environment, body, key)

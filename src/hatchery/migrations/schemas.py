@@ -2,8 +2,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from hatchery.migrations import windows
 from hatchery.projects.schemas import RevisionId
 from hatchery.text import VisibleText
 
@@ -28,7 +37,13 @@ class DeploymentCreate(BaseModel):
         default=None, description="Defaults to the head of the migrations at `commit_sha`."
     )
     force: bool = Field(
-        default=False, description="Skip promotion gating (admin keys only; audited)."
+        default=False,
+        description="Skip promotion gating and deploy windows (admin keys only; audited).",
+    )
+    not_before: AwareDatetime | None = Field(
+        default=None,
+        description="Migrate no earlier than this (and then in the environment's next deploy "
+        "window, if it has windows); the run waits `scheduled` until then.",
     )
 
 
@@ -120,3 +135,46 @@ class BackupOut(BaseModel):
 
 class BackupList(BaseModel):
     items: list[BackupOut] = Field(description="Newest first.")
+
+
+WindowSpec = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    Field(
+        description="`<days> HH:MM-HH:MM <IANA time zone>`: days are `daily`, a day (`Sat`), "
+        "a range (`Mon-Fri`) or a list (`Sat,Sun`); seconds may be given (`HH:MM:SS`); a "
+        "window that ends at or before its start closes the next day.",
+        examples=["Sat 02:00-04:00 Europe/Berlin"],
+    ),
+]
+
+
+class WindowsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    windows: list[WindowSpec] = Field(
+        max_length=50, description="Deploys migrate only inside these; none: at any time."
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _parse(cls, specs: list[str]) -> list[str]:
+        return [windows.parse(spec).spec for spec in specs]  # InvalidWindow is a ValueError
+
+
+class WindowOut(BaseModel):
+    spec: str
+    days: list[str]
+    start: str
+    end: str
+    timezone: str
+
+
+class Windows(BaseModel):
+    environment: str
+    windows: list[WindowOut]
+    open_now: bool = Field(description="Whether a deploy now would migrate at once.")
+    next_open: datetime | None = Field(
+        description="When the current (or next) window opens; none without windows."
+    )
+    closes_at: datetime | None = Field(description="When that window closes.")

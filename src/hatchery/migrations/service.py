@@ -1,5 +1,6 @@
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -7,12 +8,12 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import git, queue, redaction
+from hatchery import db, git, queue, redaction
 from hatchery.audit import service as audit
 from hatchery.config import Settings
 from hatchery.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, Unavailable
 from hatchery.keys.models import ApiKey, Scope
-from hatchery.migrations import gating, repository
+from hatchery.migrations import gating, repository, windows
 from hatchery.migrations.models import Backup, MigrationRecord
 from hatchery.migrations.params import (
     DowngradeParams,
@@ -28,6 +29,9 @@ from hatchery.migrations.schemas import (
     RevisionOut,
     Revisions,
     RollbackCreate,
+    WindowOut,
+    Windows,
+    WindowsUpdate,
 )
 from hatchery.migrator import execution, revisions, workspace
 from hatchery.migrator.revisions import History
@@ -177,6 +181,7 @@ async def deploy(
         kind=RunKind.upgrade,
         idempotency_key=idempotency_key,
         trigger=RunTrigger.deployment,
+        not_before=start_at(environment, body.not_before, body.force),
         params=UpgradeParams(
             environment=environment.name,
             commit_sha=commit or body.commit_sha,
@@ -185,6 +190,67 @@ async def deploy(
             force=body.force,
         ),
         key_id=key.id,
+    )
+
+
+def start_at(environment: Environment, asked: datetime | None, force: bool) -> datetime | None:
+    """When a deploy may migrate: at `asked` (or now), in the environment's next deploy
+    window unless forced. None: at once."""
+    if force:
+        return asked
+    at = max(asked or db.utcnow(), db.utcnow())
+    return windows.not_before(environment.deploy_windows, at) or asked
+
+
+async def deploy_window(session: AsyncSession, run: Run) -> datetime | None:
+    """When a deployment's upgrade run, about to start, may: None inside a window (or
+    with none, or forced), else when the next one opens: a run never starts after its
+    window has closed."""
+    params = UpgradeParams.model_validate(run.params)
+    if run.trigger != RunTrigger.deployment or params.force:
+        return None
+    project = await projects.get_project(session, run.project_id)
+    environment = _environment(project, params.environment)
+    return windows.not_before(environment.deploy_windows, db.utcnow())
+
+
+async def get_windows(session: AsyncSession, project_id: uuid.UUID, name: str) -> Windows:
+    project = await projects.get_project(session, project_id)
+    return _windows_out(_environment(project, name))
+
+
+async def set_windows(
+    session: AsyncSession, project_id: uuid.UUID, name: str, body: WindowsUpdate, key: ApiKey
+) -> Windows:
+    project = await _active_project(session, project_id)
+    environment = _environment(project, name)
+    environment.deploy_windows = body.windows or None
+    await audit.record(
+        session, "environment.windows_set", key_id=key.id, project_id=project.id,
+        detail={"environment": name, "windows": body.windows},
+    )  # fmt: skip
+    return _windows_out(environment)
+
+
+def _windows_out(environment: Environment) -> Windows:
+    found = [windows.parse(spec) for spec in environment.deploy_windows or []]
+    now = db.utcnow()
+    opening = windows.opening(found, now)
+    return Windows(
+        environment=environment.name,
+        windows=[
+            WindowOut(
+                spec=w.spec,
+                days=[windows.DAYS[d] for d in sorted(w.days)],
+                start=w.start.isoformat(),
+                end=w.end.isoformat(),
+                timezone=w.timezone,
+            )
+            for w in found
+        ],
+        open_now=opening is None or opening[0] <= now,
+        next_open=opening[0] if opening else None,
+        closes_at=opening[1] if opening else None,
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hatchery import db, git
 from hatchery.config import Settings
 from hatchery.migrations import gating, history, repository
+from hatchery.migrations import service as migrations_service
 from hatchery.migrations.models import Backup, Direction
 from hatchery.migrations.params import (
     DowngradeParams,
@@ -478,6 +479,7 @@ UPGRADE = Plan(
     ],
     exclusive=migration_lock,
     still_working=migrator_alive,
+    not_before=migrations_service.deploy_window,
 )
 
 DOWNGRADE = Plan(

@@ -87,5 +87,12 @@ class Environment(UUIDPrimaryKey, CreatedAt, Base):
     deployed_commit: Mapped[str | None] = mapped_column(String(64))
     # Where the project keeps its revision (`schema.table`), as its env.py configures it.
     version_table: Mapped[str | None] = mapped_column(String(130))
+    # Masking rules for refreshes into this environment (environments.schemas.MaskingRule).
+    masking_rules: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # When deploys may migrate it (`migrations.windows` specs); at any time when None.
+    deploy_windows: Mapped[list[str] | None] = mapped_column(JSONB)
+    # A refresh on a schedule (environments.schemas.RefreshSchedule), and its next tick.
+    refresh_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    refresh_next_at: Mapped[datetime | None]
 
     project: Mapped[Project] = relationship(back_populates="environments", lazy="raise")

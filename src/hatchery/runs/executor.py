@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 import structlog
@@ -27,6 +28,7 @@ from hatchery.config import Settings
 from hatchery.events import stream
 from hatchery.failures import Failure
 from hatchery.migrator import execution
+from hatchery.runs import jobs as run_jobs
 from hatchery.runs import repository
 from hatchery.runs.models import Run, RunStatus, Step, StepStatus
 
@@ -100,6 +102,9 @@ class Plan:
     params: type[BaseModel] | None = None
     # A new run of the same kind skips the steps that an earlier one completed.
     resumable: bool = False
+    # When a claimed run may start, if not now (a deploy window that is closed): it goes
+    # back to `scheduled` until then. Called in the transaction that claims the run.
+    not_before: Callable[[AsyncSession, Run], Awaitable[datetime | None]] | None = None
     # Called in the transaction that claims the run.
     on_start: Callable[[AsyncSession, Run], Awaitable[None]] | None = None
     # Held around all the steps (a migration lock); may wait, and may fail the run.
@@ -139,6 +144,10 @@ class Executor:
                 log.info("run_not_claimed", run_id=str(run_id))
                 return
             plan = self.plans(run)
+            later = await _not_yet(session, run, plan)
+            if later is not None:
+                _reschedule(session, self.redis, run, later)
+                return
             if plan.resumable:
                 await self._skip_done_steps(session, run)
             if plan.on_start is not None:
@@ -401,6 +410,33 @@ async def fail(
             redis, run.id, f"run.{status}", status=status, error=error, error_code=run.error_code
         )
         await stream.expire(redis, run.id, settings.event_retention_seconds)
+
+    db.after_commit(session, announce)
+
+
+async def _not_yet(session: AsyncSession, run: Run, plan: Plan) -> datetime | None:
+    """When a run just claimed may start, if it may not now."""
+    now = db.utcnow()
+    later = run.not_before if run.not_before and run.not_before > now else None
+    if later is None and plan.not_before is not None:
+        later = await plan.not_before(session, run)
+    return later
+
+
+def _reschedule(session: AsyncSession, redis: Redis, run: Run, later: datetime) -> None:
+    """Back to `scheduled` until `later`, with a job that starts it then."""
+    run.status, run.not_before, run.started_at, run.heartbeat_at = (
+        RunStatus.scheduled, later, None, None
+    )  # fmt: skip
+    jobs = run_jobs.jobs_of(session)
+
+    async def announce() -> None:
+        await run_jobs.enqueue(jobs, run.id, later)
+        await stream.publish(
+            redis, run.id, "run.scheduled", status=RunStatus.scheduled,
+            not_before=later.isoformat(),
+        )  # fmt: skip
+        log.info("run_scheduled", run_id=str(run.id), not_before=later.isoformat())
 
     db.after_commit(session, announce)
 

@@ -15,10 +15,12 @@ class RunKind(StrEnum):
     upgrade = "upgrade"
     downgrade = "downgrade"
     restore = "restore"
+    refresh = "refresh"
     delete = "delete"
 
 
 class RunStatus(StrEnum):
+    scheduled = "scheduled"  # waits for `not_before` (a deploy window), then is queued
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -34,6 +36,7 @@ class RunTrigger(StrEnum):
     api = "api"
     deployment = "deployment"
     retry = "retry"
+    schedule = "schedule"
 
 
 class StepStatus(StrEnum):
@@ -70,6 +73,8 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     heartbeat_at: Mapped[datetime | None]
+    # A scheduled run starts no earlier than this.
+    not_before: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

@@ -1,5 +1,6 @@
 """Nothing stays `running` forever: runs whose worker stopped beating are failed with
-`worker_lost`, and queued runs whose job never reached the queue are enqueued again."""
+`worker_lost`, and queued runs whose job never reached the queue (or scheduled ones whose
+job never started them) are enqueued again."""
 
 from datetime import timedelta
 
@@ -9,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hatchery import db, queue
 from hatchery.config import Settings
-from hatchery.runs import repository, service
+from hatchery.runs import jobs as run_jobs
+from hatchery.runs import repository
 from hatchery.runs.executor import Plans, alive_key, fail
 from hatchery.runs.models import StepStatus
 
@@ -50,5 +52,7 @@ async def reap(
             reaped += 1
     async with sessionmaker() as session:
         for run_id in await repository.stale_queued(session, stale_after):
-            await service.enqueue(jobs, run_id)
+            await run_jobs.enqueue(jobs, run_id)
+        for run in await repository.due_scheduled(session, stale_after):
+            await run_jobs.enqueue(jobs, run.id, run.not_before)
     return reaped

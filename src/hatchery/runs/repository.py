@@ -70,16 +70,20 @@ async def latest(
 async def active(session: AsyncSession, project_id: uuid.UUID) -> Run | None:
     return await session.scalar(
         select(Run)
-        .where(Run.project_id == project_id, Run.status.in_([RunStatus.queued, RunStatus.running]))
+        .where(
+            Run.project_id == project_id,
+            Run.status.in_([RunStatus.scheduled, RunStatus.queued, RunStatus.running]),
+        )
         .limit(1)
     )
 
 
 async def claim(session: AsyncSession, run_id: uuid.UUID) -> bool:
-    """Take a queued run for this worker; False when another execution already did."""
+    """Take a queued (or scheduled) run for this worker; False when another execution
+    already did. A scheduled run that may not start yet is the executor's to put back."""
     claimed = await session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.queued)
+        .where(Run.id == run_id, Run.status.in_([RunStatus.queued, RunStatus.scheduled]))
         .values(status=RunStatus.running, started_at=func.now(), heartbeat_at=func.now())
         .returning(Run.id)
     )
@@ -130,6 +134,17 @@ async def stale_queued(session: AsyncSession, older_than: timedelta) -> Sequence
                 Run.status == RunStatus.queued,
                 # Since it was queued, or handed back by a stopping worker.
                 func.coalesce(Run.heartbeat_at, Run.created_at) < func.now() - older_than,
+            )
+        )
+    ).all()
+
+
+async def due_scheduled(session: AsyncSession, late_by: timedelta) -> Sequence[Run]:
+    """Scheduled runs that should have started `late_by` ago: their job was lost."""
+    return (
+        await session.scalars(
+            select(Run).where(
+                Run.status == RunStatus.scheduled, Run.not_before < func.now() - late_by
             )
         )
     ).all()

@@ -39,6 +39,9 @@ class RunOut(BaseModel):
     error_code: str | None
     request_id: str | None
     created_at: datetime
+    not_before: datetime | None = Field(
+        description="A `scheduled` run (waiting for a deploy window) starts then."
+    )
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None

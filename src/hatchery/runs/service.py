@@ -1,6 +1,7 @@
 import base64
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -8,15 +9,15 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchery import crypto, db, metrics, pagination, queue
+from hatchery import crypto, db, metrics, pagination
 from hatchery.errors import Conflict, NotFound
 from hatchery.events import stream
 from hatchery.keys.models import ApiKey, Scope
 from hatchery.observability import current_request_id
 from hatchery.runs import plans, repository
+from hatchery.runs.jobs import enqueue, jobs_of
 from hatchery.runs.models import Run, RunKind, RunStatus, RunTrigger, Step
 
-EXECUTE_JOB = "execute_run"
 _ONCE = "_once"
 
 
@@ -30,10 +31,12 @@ async def create_run(
     idempotency_key: str | None = None,
     params: BaseModel | None = None,
     key_id: uuid.UUID | None = None,
+    not_before: datetime | None = None,
 ) -> tuple[Run, bool]:
-    """A queued run with its plan's steps, and whether it is new: with an idempotency
-    key, the run an earlier request made with it (two at once still make one). The job is
-    enqueued once the caller's transaction commits."""
+    """A queued run with its plan's steps (`scheduled`, when `not_before` is later than
+    now), and whether it is new: with an idempotency key, the run an earlier request made
+    with it (two at once still make one). The job is enqueued once the caller's
+    transaction commits."""
     if idempotency_key is not None:
         existing = await repository.get_by_idempotency_key(session, project_id, idempotency_key)
         if existing is not None:
@@ -55,6 +58,8 @@ async def create_run(
                 key_id=key_id,
                 attempt=attempt,
             )
+            if not_before is not None and not_before > db.utcnow():
+                run.status, run.not_before = RunStatus.scheduled, not_before
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -63,16 +68,8 @@ async def create_run(
         assert existing is not None
         return existing, False
     jobs = jobs_of(session)
-    db.after_commit(session, lambda: enqueue(jobs, run.id))
+    db.after_commit(session, lambda: enqueue(jobs, run.id, run.not_before))
     return run, True
-
-
-def jobs_of(session: AsyncSession) -> queue.Queue:
-    """The job queue the session's maker was given (`db.create_sessionmaker`)."""
-    jobs: queue.Queue | None = session.info.get(db.JOBS)
-    if jobs is None:
-        raise RuntimeError("this session enqueues runs but its sessionmaker has no job queue")
-    return jobs
 
 
 async def _add_run(
@@ -101,11 +98,6 @@ async def _add_run(
     session.add(run)
     await session.flush()
     return run
-
-
-async def enqueue(jobs: queue.Queue, run_id: uuid.UUID) -> None:
-    # The run id is the job id: arq refuses a second copy while the first is queued.
-    await queue.enqueue(jobs, EXECUTE_JOB, str(run_id), job_id=f"run:{run_id}")
 
 
 async def find_by_idempotency_key(
@@ -161,7 +153,7 @@ async def cancel_run(session: AsyncSession, redis: Redis, run_id: uuid.UUID) -> 
     if run.status.finished:
         raise Conflict(f"Run {run_id} has already finished ({run.status})")
     run.cancel_requested = True
-    if run.status == RunStatus.queued:
+    if run.status in (RunStatus.queued, RunStatus.scheduled):
         run.status = RunStatus.cancelled
         run.finished_at = db.utcnow()
         run.error = "cancelled before it started"

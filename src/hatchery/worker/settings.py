@@ -15,7 +15,7 @@ from hatchery.migrations.service import DRY_RUN_JOB, INSPECT_JOB
 from hatchery.migrator import workspace
 from hatchery.observability import configure_logging
 from hatchery.queue import HEALTH_KEY, QUEUE_NAME, deserialize, serialize
-from hatchery.runs.service import EXECUTE_JOB
+from hatchery.runs.jobs import EXECUTE_JOB
 from hatchery.worker import jobs
 
 
