@@ -27,7 +27,9 @@ def upgrade() -> None:
             "environment",
             sa.Column(name, postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         )
-    op.add_column("environment", sa.Column("refresh_next_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "environment", sa.Column("refresh_next_at", sa.DateTime(timezone=True), nullable=True)
+    )
     op.create_index(
         "ix_environment_refresh_next_at",
         "environment",

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from hatchery import __doc__ as description
 from hatchery import db, files, invalidation, plans, queue
 from hatchery.config import Settings, get_settings
+from hatchery.environments.router import router as environments_router
 from hatchery.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from hatchery.events.hub import EventHub
 from hatchery.health.router import router as health_router
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(projects_router)
     api.include_router(runs_router)
     api.include_router(migrations_router)
+    api.include_router(environments_router)
     api.include_router(schema_router)
     api.include_router(keys_router)
     app.include_router(api)

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     migration_wait_seconds: float = Field(default=900.0, gt=0)
     backup_keep_count: int = Field(default=10, ge=1)
     backup_keep_days: int = Field(default=30, ge=1)
+    # After a refresh, the database it replaced is kept (until the next refresh of that
+    # environment) as the way back; false drops it at once.
+    refresh_keep_previous: bool = True
+    # Masking rewrites a table this many 8 KiB pages per transaction (one progress event).
+    refresh_batch_pages: int = Field(default=2048, ge=1)
+    # How often a worker looks for refresh schedules that are due.
+    refresh_schedule_check_seconds: int = Field(default=10, ge=1, le=60)
 
     schema_statement_timeout_ms: int = Field(default=5000, ge=1)
     # How long an api process remembers a verified key or an environment's database.

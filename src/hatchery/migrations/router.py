@@ -36,7 +36,7 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _run_response(run: Run, created: bool) -> JSONResponse:
+def run_response(run: Run, created: bool) -> JSONResponse:
     return JSONResponse(
         run_out(run).model_dump(mode="json"),
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
@@ -67,7 +67,7 @@ async def create_deployment(
     environment only accepts a revision its predecessor has passed (409 otherwise)."""
     check_project(key, project_id)
     run, created = await service.deploy(session, jobs, settings, project_id, body, key)
-    return _run_response(run, created)
+    return run_response(run, created)
 
 
 @router.post(
@@ -97,7 +97,7 @@ async def create_migration(
     run, created = await service.start_migration(
         session, jobs, settings, project_id, environment, body, key, idempotency_key
     )
-    return _run_response(run, created)
+    return run_response(run, created)
 
 
 @router.post(
@@ -125,7 +125,7 @@ async def create_rollback(
     run, created = await service.rollback(
         session, jobs, settings, project_id, environment, body, key, idempotency_key
     )
-    return _run_response(run, created)
+    return run_response(run, created)
 
 
 @router.get(

@@ -49,14 +49,14 @@ INSPECT_JOB = "inspect_history"
 DRY_RUN_JOB = "dry_run"
 
 
-async def _active_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
+async def active_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
     project = await projects.get_project(session, project_id)
     if project.status != ProjectStatus.active:
         raise Conflict(f"Project '{project.slug}' is {project.status}, not active")
     return project
 
 
-def _environment(project: Project, name: str, field: str | None = None) -> Environment:
+def environment_named(project: Project, name: str, field: str | None = None) -> Environment:
     environment = project.environment(name)
     if environment is not None:
         return environment
@@ -156,8 +156,8 @@ async def deploy(
     key: ApiKey,
 ) -> tuple[Run, bool]:
     """The upgrade run for a CI deployment: created once per deployment id."""
-    project = await _active_project(session, project_id)
-    environment = _environment(project, body.environment, "body.environment")
+    project = await active_project(session, project_id)
+    environment = environment_named(project, body.environment, "body.environment")
     idempotency_key = f"deployment:{body.deployment_id}"
     existing = await runs.find_by_idempotency_key(session, project.id, idempotency_key)
     if existing is not None:
@@ -210,20 +210,20 @@ async def deploy_window(session: AsyncSession, run: Run) -> datetime | None:
     if run.trigger != RunTrigger.deployment or params.force:
         return None
     project = await projects.get_project(session, run.project_id)
-    environment = _environment(project, params.environment)
+    environment = environment_named(project, params.environment)
     return windows.not_before(environment.deploy_windows, db.utcnow())
 
 
 async def get_windows(session: AsyncSession, project_id: uuid.UUID, name: str) -> Windows:
     project = await projects.get_project(session, project_id)
-    return _windows_out(_environment(project, name))
+    return _windows_out(environment_named(project, name))
 
 
 async def set_windows(
     session: AsyncSession, project_id: uuid.UUID, name: str, body: WindowsUpdate, key: ApiKey
 ) -> Windows:
-    project = await _active_project(session, project_id)
-    environment = _environment(project, name)
+    project = await active_project(session, project_id)
+    environment = environment_named(project, name)
     environment.deploy_windows = body.windows or None
     await audit.record(
         session, "environment.windows_set", key_id=key.id, project_id=project.id,
@@ -264,8 +264,8 @@ async def dry_run(
 ) -> DryRun:
     """The offline SQL of the pending revisions, rendered by a worker's child from the
     project's own env.py; touches nothing."""
-    project = await _active_project(session, project_id)
-    environment = _environment(project, name)
+    project = await active_project(session, project_id)
+    environment = environment_named(project, name)
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
@@ -300,8 +300,8 @@ async def start_migration(
     key: ApiKey,
     idempotency_key: str | None,
 ) -> tuple[Run, bool]:
-    project = await _active_project(session, project_id)
-    environment = _environment(project, name)
+    project = await active_project(session, project_id)
+    environment = environment_named(project, name)
     commit = await _commit(
         project, body.commit_sha or environment.deployed_commit, "body.commit_sha"
     )
@@ -329,8 +329,8 @@ async def rollback(
     key: ApiKey,
     idempotency_key: str | None,
 ) -> tuple[Run, bool]:
-    project = await _active_project(session, project_id)
-    environment = _environment(project, name)
+    project = await active_project(session, project_id)
+    environment = environment_named(project, name)
     if body.backup_id is not None:
         backup = await repository.get_backup(session, body.backup_id)
         if backup is None or backup.environment_id != environment.id:
@@ -385,7 +385,7 @@ async def revisions_of(
     project = await projects.get_project(session, project_id)
     if project.status in (ProjectStatus.deleting, ProjectStatus.deleted):
         raise Conflict(f"Project '{project.slug}' is {project.status}")
-    environment = _environment(project, name)
+    environment = environment_named(project, name)
     commit = environment.deployed_commit or await git.head_commit(project.repository)
     if commit is None or environment.database_url is None:
         return Revisions(
@@ -432,7 +432,7 @@ def _applied(record: MigrationRecord | None) -> AppliedInfo | None:
 
 async def list_backups(session: AsyncSession, project_id: uuid.UUID, name: str) -> Sequence[Backup]:
     project = await projects.get_project(session, project_id)
-    return await repository.backups(session, _environment(project, name).id)
+    return await repository.backups(session, environment_named(project, name).id)
 
 
 # Worker jobs: what the api asks a worker to read with a child.
@@ -485,7 +485,7 @@ async def plan_dry_run(
     target: str,
 ) -> dict[str, Any]:
     project = await projects.get_project(session, project_id)
-    environment = _environment(project, name)
+    environment = environment_named(project, name)
     try:
         report = await _read(
             settings, redis, project, commit, environment, current=True, sql=True, target=target

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = r"(\d{1,2}):(\d{2})(?::(\d{2}))?"
 _WINDOW = re.compile(rf"^\s*(\S+)\s+{_TIME}\s*-\s*{_TIME}\s+(\S+)\s*$")
+_AT = re.compile(rf"^\s*(\S+)\s+{_TIME}\s+(\S+)\s*$")
 
 
 class InvalidWindow(ValueError):
@@ -88,14 +89,36 @@ def parse(spec: str) -> Window:
     if found is None:
         raise InvalidWindow(f"{spec!r} is not `<days> HH:MM-HH:MM <time zone>`")
     days, h1, m1, s1, h2, m2, s2, zone = found.groups()
-    try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidWindow(f"{spec!r}: {zone!r} is not an IANA time zone") from None
+    _zone(zone, spec)
     start, end = _time(h1, m1, s1, spec), _time(h2, m2, s2, spec)
     if start == end:
         raise InvalidWindow(f"{spec!r}: the window is empty")
     return Window(_days(days, spec), start, end, zone)
+
+
+def _zone(zone: str, spec: str) -> None:
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidWindow(f"{spec!r}: {zone!r} is not an IANA time zone") from None
+
+
+def parse_at(spec: str) -> Window:
+    """A time that recurs (`daily 03:00 Europe/Berlin`, `Mon-Fri 22:30 UTC`): a window of
+    one second, for its openings."""
+    found = _AT.match(spec)
+    if found is None:
+        raise InvalidWindow(f"{spec!r} is not `<days> HH:MM <time zone>`")
+    days, hours, minutes, seconds, zone = found.groups()
+    _zone(zone, spec)
+    start = _time(hours, minutes, seconds, spec)
+    end = (datetime.combine(datetime.min, start) + timedelta(seconds=1)).time()
+    return Window(_days(days, spec), start, end, zone)
+
+
+def next_at(spec: str, after: datetime) -> datetime:
+    """The first time `spec` (see parse_at) comes after `after`."""
+    return min(opens for opens, _ in parse_at(spec).openings(after) if opens > after)
 
 
 def opening(windows: list[Window], at: datetime) -> tuple[datetime, datetime] | None:

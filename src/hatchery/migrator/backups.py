@@ -6,6 +6,8 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from hatchery import metrics, pgtools
 from hatchery.failures import Failure
 
@@ -80,12 +82,17 @@ CREATE SCHEMA IF NOT EXISTS public;
 """
 
 
-async def restore(database_url: str, source: Path, expected_sha256: str) -> None:
-    """Make the database exactly what the dump holds, in one transaction."""
+async def check(source: Path, expected_sha256: str) -> None:
+    """The backup file is there and is what was recorded."""
     if not source.exists():
         raise BackupError(f"backup file {source.name} is missing")
     if await asyncio.to_thread(_sha256, source) != expected_sha256:
         raise BackupError(f"backup file {source.name} does not match its recorded sha256")
+
+
+async def restore(database_url: str, source: Path, expected_sha256: str) -> None:
+    """Make the database exactly what the dump holds, in one transaction."""
+    await check(source, expected_sha256)
     try:
         await pgtools.pipe(
             ["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(source)],
@@ -103,3 +110,17 @@ def location(backups_dir: Path, project: str, environment: str, when: datetime, 
 
 def expiry(when: datetime, keep_days: int) -> datetime:
     return when + timedelta(days=keep_days)
+
+
+async def load(database_url: str, source: Path, *sections: str) -> None:
+    """Restore sections of a checked dump (`pre-data`, `data`, `post-data`) into a new,
+    empty database, as its owner; stops at the first error."""
+    database = make_url(database_url).database or ""
+    try:
+        await pgtools.run(
+            "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+            *(f"--section={s}" for s in sections), f"--dbname={database}", str(source),
+            database_url=database_url,
+        )  # fmt: skip
+    except pgtools.PgToolError as exc:
+        raise BackupError(str(exc)) from exc

@@ -3,7 +3,7 @@ hands them to the registry in `hatchery.runs.plans` (the api and the worker call
 start). Above the domains: a plan may use projects, migrations, runs and the
 infrastructure; nothing below imports this package."""
 
-from hatchery.plans import adopt, delete, initialize, migrate
+from hatchery.plans import adopt, delete, initialize, migrate, refresh
 from hatchery.runs import plans
 from hatchery.runs.models import RunKind
 
@@ -14,5 +14,6 @@ def register() -> None:
     plans.register(RunKind.upgrade, migrate.UPGRADE)
     plans.register(RunKind.downgrade, migrate.DOWNGRADE)
     plans.register(RunKind.restore, migrate.RESTORE)
+    plans.register(RunKind.refresh, refresh.PLAN)
     plans.register(RunKind.delete, delete.PLAN)
     plans.register(RunKind.delete, adopt.FORGET, "forget")

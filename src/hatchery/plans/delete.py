@@ -21,9 +21,7 @@ async def drop_databases(context: StepContext) -> dict[str, Any]:
     project = await load_project(context.session, context.run)
     for done, environment in enumerate(project.environments):
         await context.progress(100 * done / len(project.environments), environment.name)
-        await provisioning.drop(
-            context.settings.projects_server_url(), environment.database_name, environment.role_name
-        )
+        await provisioning.drop(context.settings.projects_server_url(), environment)
     return {"dropped": [e.database_name for e in project.environments]}
 
 

@@ -262,16 +262,20 @@ async def take_backup(context: StepContext) -> dict[str, Any]:
     plan = earlier(context, Planned)
     if not plan.pending:
         return {"skipped": "nothing to migrate"}
-    return await _backup(context, plan.current)
+    _, environment = await environment_of(context)
+    return await backup(context, environment, plan.current)
 
 
-async def _backup(context: StepContext, revision: str | None) -> dict[str, Any]:
-    project, environment = await environment_of(context)
+async def backup(
+    context: StepContext, environment: Environment, revision: str | None
+) -> dict[str, Any]:
+    """A verified pg_dump of the environment's database, recorded (older ones pruned)."""
     settings = context.settings
     when = db.utcnow()
     path = backups.location(
-        settings.backups_dir, str(project.id), environment.name, when, revision or "base"
-    )
+        settings.backups_dir, str(environment.project_id), environment.name, when,
+        revision or "base",
+    )  # fmt: skip
     started = time.monotonic()
     size, sha256 = await backups.dump(database_url(context, environment), path)
     backup = Backup(
@@ -441,7 +445,9 @@ async def deployed_commit(context: StepContext) -> CheckedOut:
 async def backup_before_restore(context: StepContext) -> dict[str, Any]:
     _, environment = await environment_of(context)
     url = database_url(context, environment)
-    return await _backup(context, await revisions.current(url, environment.version_table))
+    return await backup(
+        context, environment, await revisions.current(url, environment.version_table)
+    )
 
 
 async def restore(context: StepContext) -> dict[str, Any]:

@@ -76,7 +76,67 @@ async def _close_maintenance_databases(conn: AsyncConnection, protected: Iterabl
         await conn.execute(text(f"REVOKE CONNECT ON DATABASE {_ident(name)} FROM PUBLIC"))
 
 
-async def drop(server_url: str, database: str, role: str) -> None:
+async def drop(server_url: str, environment: Environment) -> None:
+    """The environment's database, those a refresh left (scratch, previous), its role."""
+    names = (environment.database_name, scratch_name(environment), previous_name(environment))
     async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
-        await conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(database)} WITH (FORCE)"))
-        await conn.execute(text(f"DROP ROLE IF EXISTS {_ident(role)}"))
+        for name in names:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
+        await conn.execute(text(f"DROP ROLE IF EXISTS {_ident(environment.role_name)}"))
+
+
+# A refresh restores and masks into a scratch database, then swaps it in; the database it
+# replaced is kept as the previous one (until the next refresh), the way back.
+
+
+def scratch_name(environment: Environment) -> str:
+    return f"hatchery_scratch_{environment.id.hex}"
+
+
+def previous_name(environment: Environment) -> str:
+    return f"hatchery_previous_{environment.id.hex}"
+
+
+def with_database(database_url: str, database: str) -> str:
+    return make_url(database_url).set(database=database).render_as_string(hide_password=False)
+
+
+async def create_scratch(server_url: str, environment: Environment) -> None:
+    """An empty scratch database owned by the environment's role (an earlier one, left by
+    a refresh that died, is dropped first)."""
+    name = _ident(scratch_name(environment))
+    async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await conn.execute(text(f"CREATE DATABASE {name} OWNER {_ident(environment.role_name)}"))
+        await conn.execute(text(f"REVOKE ALL ON DATABASE {name} FROM PUBLIC"))
+
+
+async def drop_scratch(server_url: str, environment: Environment) -> None:
+    async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
+        name = _ident(scratch_name(environment))
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def swap_in_scratch(server_url: str, environment: Environment, keep_previous: bool) -> None:
+    """The scratch database becomes the environment's, in one transaction: its sessions
+    are ended (PostgreSQL waits for them to go), the database it had becomes the previous
+    one (the one before that is dropped), or is dropped too when not kept."""
+    target = _ident(environment.database_name)
+    previous = _ident(previous_name(environment))
+    async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {previous} WITH (FORCE)"))
+    async with db.connection(server_url) as conn, conn.begin():
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname IN (:target, :scratch) AND pid <> pg_backend_pid()"
+            ),
+            {"target": environment.database_name, "scratch": scratch_name(environment)},
+        )
+        await conn.execute(text(f"ALTER DATABASE {target} RENAME TO {previous}"))
+        await conn.execute(
+            text(f"ALTER DATABASE {_ident(scratch_name(environment))} RENAME TO {target}")
+        )
+    if not keep_previous:
+        async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {previous} WITH (FORCE)"))

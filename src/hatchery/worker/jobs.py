@@ -4,6 +4,7 @@ import time
 import uuid
 from typing import Any
 
+from hatchery.environments import service as environments_service
 from hatchery.migrations import service as migrations_service
 from hatchery.runs import reaper
 from hatchery.runs.executor import Executor
@@ -32,6 +33,10 @@ async def dry_run(
             session, ctx["redis"], ctx["settings"], uuid.UUID(project_id), environment, commit,
             target,
         )  # fmt: skip
+
+
+async def start_scheduled_refreshes(ctx: dict[str, Any]) -> int:
+    return await environments_service.start_scheduled(ctx["sessionmaker"])
 
 
 async def reap_runs(ctx: dict[str, Any]) -> int:

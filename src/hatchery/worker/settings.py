@@ -94,7 +94,13 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 run_at_startup=True,
                 timeout=60,
                 max_tries=1,
-            )
+            ),
+            cron(
+                jobs.start_scheduled_refreshes,
+                second=set(range(0, 60, settings.refresh_schedule_check_seconds)),
+                timeout=60,
+                max_tries=1,
+            ),
         ],
     }
 

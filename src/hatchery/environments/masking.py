@@ -1,0 +1,328 @@
+"""Masking, done in SQL inside the database being masked: which columns (the rules over
+the default), what each becomes, the batches that rewrite them, and the check that no
+source value is left.
+
+Every masked value comes from a keyed hash of the value: the same input gives the same
+output within one refresh (foreign keys and unique constraints still hold), and the key
+(the seed) is random per refresh and never stored, so nothing can be reversed."""
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+STRATEGIES = ("email", "hash", "null", "fixed", "keep")
+# Fake values drawn from a short list may equal a source value by chance: the check
+# that no source value is left skips them.
+LISTS = {
+    "first_name": ["Ada", "Alan", "Barbara", "Claude", "Donald", "Edsger", "Frances", "Grace",
+                   "Hedy", "John", "Katherine", "Linus", "Margaret", "Niklaus", "Radia", "Tim"],
+    "last_name": ["Allen", "Bartik", "Cerf", "Dijkstra", "Hopper", "Johnson", "Kay", "Knuth",
+                  "Lamarr", "Liskov", "Lovelace", "Perlman", "Ritchie", "Thompson", "Turing",
+                  "Wirth"],
+    "city": ["Springfield", "Riverton", "Fairview", "Greenville", "Franklin", "Clinton",
+             "Georgetown", "Salem", "Madison", "Arlington", "Ashland", "Oxford"],
+    "company": ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark",
+                "Wayne", "Tyrell", "Cyberdyne", "Soylent", "Wonka"],
+}  # fmt: skip
+HASHED_FAKES = ("username", "phone", "text", "ipv4", "street_address")
+FAKE_KINDS = frozenset([*LISTS, "name", *HASHED_FAKES])
+TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
+SCHEMA = "hatchery_refresh"  # the check's hashes, in the scratch database only
+
+
+class MaskingError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Column:
+    schema: str
+    table: str
+    name: str
+    type: str  # format_type(): `character varying(200)`, `uuid`, ...
+    base: str  # the type without modifiers, as information_schema names it
+    nullable: bool
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def table_sql(self) -> str:
+        return f"{_ident(self.schema)}.{_ident(self.table)}"
+
+
+@dataclass(frozen=True)
+class Masked:
+    column: Column
+    strategy: str
+    value: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        kind = self.strategy.removeprefix("fake:")
+        return self.strategy not in ("null", "keep") and kind not in (*LISTS, "name")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+COLUMNS = text(
+    """
+    SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+           CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, NULL)
+                ELSE format_type(a.atttypid, NULL) END,
+           NOT a.attnotnull
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_type t ON t.oid = a.atttypid
+    WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attgenerated = '' AND NOT c.relispartition
+      AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT IN ('information_schema', :ours)
+    ORDER BY n.nspname, c.relname, a.attnum
+    """
+)
+
+
+async def columns(conn: AsyncConnection) -> list[Column]:
+    rows = await conn.execute(COLUMNS, {"ours": SCHEMA})
+    return [Column(*row) for row in rows]
+
+
+def plan(
+    found: Sequence[Column], rules: Sequence[dict[str, Any]], sensitive: Callable[[str], bool]
+) -> tuple[list[Masked], list[str]]:
+    """What is masked, and how: every column flagged sensitive by default, the rules over
+    that. Returns the masked columns and the problems that would fail the masking."""
+    by_name = {(c.qualified_table, c.name): c for c in found}
+    chosen: dict[tuple[str, str], Masked] = {}
+    problems: list[str] = []
+    for column in found:
+        if sensitive(column.name):
+            strategy = "hash" if _hashable(column) else "null"
+            chosen[column.qualified_table, column.name] = Masked(column, strategy)
+    for rule in rules:
+        where = (rule["table"], rule["column"])
+        ruled = by_name.get(where)
+        if ruled is None:
+            problems.append(f"rule for {where[0]}.{where[1]}: no such column")
+            continue
+        chosen[where] = Masked(ruled, rule["strategy"], rule.get("value"))
+    masked = [m for m in chosen.values() if m.strategy != "keep"]
+    for m in masked:
+        problem = _problem(m)
+        if problem:
+            problems.append(f"{m.column.qualified_table}.{m.column.name}: {problem}")
+    return masked, problems
+
+
+def _hashable(column: Column) -> bool:
+    return column.base in (*TEXT_TYPES, "uuid", "integer", "bigint", "bytea")
+
+
+def _problem(masked: Masked) -> str | None:
+    column, strategy = masked.column, masked.strategy
+    if strategy == "null" and not column.nullable:
+        return "is NOT NULL: `null` cannot apply (use hash, fixed or fake)"
+    if strategy == "hash" and not _hashable(column):
+        return f"`hash` does not apply to {column.type} (use null or fixed)"
+    if strategy in ("email", *(f"fake:{k}" for k in FAKE_KINDS)) and column.base not in TEXT_TYPES:
+        return f"`{strategy}` needs a text column, not {column.type}"
+    return None
+
+
+def _digest(value: str, salt: str = "") -> str:
+    """The keyed hash of a value (bytea), in SQL: sha256 of seed, salt and value."""
+    return f"sha256(convert_to(CAST(:seed AS text) || '{salt}' || ({value})::text, 'UTF8'))"
+
+
+def _hex(value: str, salt: str = "") -> str:
+    return f"encode({_digest(value, salt)}, 'hex')"
+
+
+def _pick(kind: str, value: str, byte: int = 0) -> str:
+    words = ", ".join("'" + w + "'" for w in LISTS[kind])
+    return f"(ARRAY[{words}])[1 + get_byte({_digest(value, kind)}, {byte}) % {len(LISTS[kind])}]"
+
+
+def expression(masked: Masked, index: int) -> tuple[str, dict[str, Any]]:
+    """The SQL that replaces the column's value, and its parameters (the seed is bound by
+    the caller). NULL stays NULL."""
+    column, strategy = masked.column, masked.strategy
+    value = _ident(column.name)
+    h = _hex(value)
+    params: dict[str, Any] = {}
+    if strategy == "null":
+        return "NULL", params
+    if strategy == "fixed":
+        params[f"fixed_{index}"] = masked.value
+        return f"CAST(:fixed_{index} AS {column.type})", params
+    if strategy == "email":
+        new = f"'user-' || left({h}, 16) || '@example.invalid'"
+    elif strategy == "hash":
+        new = {
+            "uuid": f"md5(CAST(:seed AS text) || ({value})::text)::uuid",
+            "integer": f"('x' || left({h}, 8))::bit(32)::integer",
+            "bigint": f"('x' || left({h}, 16))::bit(64)::bigint",
+            "bytea": _digest(value),
+        }.get(column.base, h)
+    else:
+        new = _fake(strategy.removeprefix("fake:"), value)
+    return f"CASE WHEN {value} IS NULL THEN NULL ELSE CAST({new} AS {column.type}) END", params
+
+
+def _fake(kind: str, value: str) -> str:
+    h = _hex(value, kind)
+    if kind in LISTS:
+        return _pick(kind, value)
+    return {
+        "name": f"{_pick('first_name', value)} || ' ' || {_pick('last_name', value, 1)}",
+        "username": f"'user_' || left({h}, 12)",
+        "phone": f"'+1-555-' || lpad((('x' || left({h}, 8))::bit(32)::bigint % 10000000)::text, "
+        "7, '0')",
+        "text": f"'masked ' || left({h}, 24)",
+        "ipv4": f"'10.' || get_byte({_digest(value, kind)}, 0) || '.' || "
+        f"get_byte({_digest(value, kind)}, 1) || '.' || get_byte({_digest(value, kind)}, 2)",
+        "street_address": f"(('x' || left({h}, 4))::bit(16)::integer % 999 + 1) || ' ' || "
+        f"{_pick('last_name', value)} || ' Street'",
+    }[kind]
+
+
+def new_seed() -> str:
+    return secrets.token_hex(32)
+
+
+PAGES = "SELECT pg_relation_size(CAST(:t AS regclass)) / current_setting('block_size')::int"
+Progress = Callable[[str, int, int], Awaitable[None]]
+
+
+async def remember_sources(conn: AsyncConnection, masked: Sequence[Masked]) -> None:
+    """Before masking: the hash of every distinct source value of each checked column,
+    for `leftovers` to look for afterwards."""
+    await forget_sources(conn)
+    await conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+    for i, m in enumerate(masked):
+        if not m.verified:
+            continue
+        value = _ident(m.column.name)
+        fixed = (
+            f" AND {value}::text IS DISTINCT FROM CAST(:fixed AS text)"
+            if m.strategy == "fixed"
+            else ""
+        )
+        await conn.execute(
+            text(
+                f"CREATE UNLOGGED TABLE {SCHEMA}.c{i} AS SELECT DISTINCT md5({value}::text) AS h "
+                f"FROM {m.column.table_sql} WHERE {value} IS NOT NULL{fixed}"
+            ),
+            {"fixed": m.value} if fixed else {},
+        )
+
+
+async def forget_sources(conn: AsyncConnection) -> None:
+    await conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+
+
+async def mask(
+    conn: AsyncConnection,
+    masked: Sequence[Masked],
+    seed: str,
+    progress: Progress,
+    batch_pages: int,
+) -> dict[str, Any]:
+    """Rewrite the masked columns, table by table, in batches of pages, each batch a
+    transaction of its own. A row a batch rewrote (its new version may land anywhere in
+    the table) is told from a source row by its xmin: it is never masked twice."""
+    by_table: dict[str, list[tuple[int, Masked]]] = {}
+    for i, m in enumerate(masked):
+        by_table.setdefault(m.column.table_sql, []).append((i, m))
+    started = time.monotonic()
+    rows = 0
+    for table, members in by_table.items():
+        sets, params = [], {"seed": seed}
+        for i, m in members:
+            sql, extra = expression(m, i)
+            sets.append(f"{_ident(m.column.name)} = {sql}")
+            params.update(extra)
+        await conn.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = false)"))
+        end = int(await conn.scalar(text(PAGES), {"t": table}) or 0)
+        await conn.commit()
+        ours: list[int] = []
+        for first in range(0, end, batch_pages):
+            last = min(first + batch_pages, end)
+            ours.append(int(await conn.scalar(text("SELECT txid_current() % 4294967296")) or 0))
+            done = await conn.execute(
+                text(
+                    f"UPDATE {table} SET {', '.join(sets)} "
+                    f"WHERE ctid >= '({first},0)'::tid AND ctid < '({last},0)'::tid "
+                    "AND NOT (xmin = ANY(CAST(:ours AS xid[])))"
+                ),
+                {**params, "ours": ours},
+            )
+            await conn.commit()
+            rows += done.rowcount
+            await progress(table, last, end)
+        # What lies past the pages counted: a partitioned table's rows (its parent has no
+        # pages), or none.
+        ours.append(int(await conn.scalar(text("SELECT txid_current() % 4294967296")) or 0))
+        done = await conn.execute(
+            text(
+                f"UPDATE {table} SET {', '.join(sets)} WHERE ctid >= '({end},0)'::tid "
+                "AND NOT (xmin = ANY(CAST(:ours AS xid[])))"
+            ),
+            {**params, "ours": ours},
+        )
+        rows += done.rowcount
+        await conn.execute(text(f"ALTER TABLE {table} RESET (autovacuum_enabled)"))
+        await conn.commit()
+    seconds = time.monotonic() - started
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows / seconds) if seconds > 0 else None,
+    }
+
+
+async def leftovers(conn: AsyncConnection, masked: Sequence[Masked]) -> dict[str, int]:
+    """For every checked column, how many of its values equal a source value (by hash,
+    inside the database); and for `null` ones, how many are not null."""
+    found: dict[str, int] = {}
+    for i, m in enumerate(masked):
+        value = _ident(m.column.name)
+        where = f"{m.column.qualified_table}.{m.column.name}"
+        if m.strategy == "null":
+            query = f"SELECT count(*) FROM {m.column.table_sql} WHERE {value} IS NOT NULL"
+        elif m.verified:
+            query = (
+                f"SELECT count(*) FROM {m.column.table_sql} t JOIN {SCHEMA}.c{i} s "
+                f"ON md5(t.{value}::text) = s.h"
+            )
+        else:
+            continue
+        found[where] = int(await conn.scalar(text(query)) or 0)
+    return found
+
+
+async def row_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Exact row counts of every table (partitions counted in their parent)."""
+    tables = await conn.execute(
+        text(
+            "SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT IN ('information_schema', :ours) "
+            "ORDER BY 2"
+        ),
+        {"ours": SCHEMA},
+    )
+    counts = {}
+    for quoted, name in tables.all():
+        counts[name] = int(await conn.scalar(text(f"SELECT count(*) FROM {quoted}")) or 0)
+    return counts
