@@ -91,23 +91,35 @@ async def exclusive(
     on_wait: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[None]:
     """Hold the database's migration lock for the body. If this process dies, the
-    connection closes and PostgreSQL releases the lock."""
+    connection closes and PostgreSQL releases the lock. A waiter whose connection is
+    ended (a refresh swapping the database in, a restart) waits on a new one."""
     key = lock_key(database_name)
-    async with db.connection(database_url, isolation_level="AUTOCOMMIT") as conn:
-        deadline = time.monotonic() + wait_seconds
-        waited = False
-        while not await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
-            if time.monotonic() > deadline:
-                raise LockTimeout(
-                    f"another migration of {database_name} held its lock for {wait_seconds:g} s"
-                )
-            if not waited and on_wait is not None:
-                await on_wait()
-            waited = True
-            await asyncio.sleep(POLL_SECONDS)
-        try:
-            await end_leftovers(conn, database_name)
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    deadline = time.monotonic() + wait_seconds
+    waited = False
+    while True:
+        async with db.connection(database_url, isolation_level="AUTOCOMMIT") as conn:
+            try:
+                while not await conn.scalar(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
+                ):
+                    if time.monotonic() > deadline:
+                        raise LockTimeout(
+                            f"another migration of {database_name} held its lock for "
+                            f"{wait_seconds:g} s"
+                        )
+                    if not waited and on_wait is not None:
+                        await on_wait()
+                    waited = True
+                    await asyncio.sleep(POLL_SECONDS)
+            except DBAPIError as exc:
+                if not db.unavailable(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("migration_lock_wait_reconnecting", database=database_name)
+                continue
+            try:
+                await end_leftovers(conn, database_name)
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            return
