@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 STRATEGIES = ("email", "hash", "null", "fixed", "keep")
@@ -123,6 +124,24 @@ def plan(
     return masked, problems
 
 
+async def unfit_values(conn: AsyncConnection, masked: Sequence[Masked]) -> list[str]:
+    """`fixed` values that the column's type does not take."""
+    problems = []
+    for m in masked:
+        if m.strategy != "fixed":
+            continue
+        try:
+            async with conn.begin_nested():
+                await conn.execute(
+                    text(f"SELECT CAST(CAST(:v AS text) AS {m.column.type})"), {"v": m.value}
+                )
+        except DBAPIError as exc:
+            reason = str(exc.orig).splitlines()[0]
+            where = f"{m.column.qualified_table}.{m.column.name}"
+            problems.append(f"{where}: {m.value!r} is not a {m.column.type} ({reason})")
+    return problems
+
+
 def _hashable(column: Column) -> bool:
     return column.base in (*TEXT_TYPES, "uuid", "integer", "bigint", "bytea")
 
@@ -163,7 +182,7 @@ def expression(masked: Masked, index: int) -> tuple[str, dict[str, Any]]:
         return "NULL", params
     if strategy == "fixed":
         params[f"fixed_{index}"] = masked.value
-        return f"CAST(:fixed_{index} AS {column.type})", params
+        return f"CAST(CAST(:fixed_{index} AS text) AS {column.type})", params
     if strategy == "email":
         new = f"'user-' || left({h}, 16) || '@example.invalid'"
     elif strategy == "hash":

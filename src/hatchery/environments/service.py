@@ -98,6 +98,7 @@ async def plan_refresh(
         async with db.connection(url, connect_args={"timeout": 10}) as conn:
             found = await masking.columns(conn)
             masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
+            problems += await masking.unfit_values(conn, masked)
             rows = {}
             for m in masked:
                 if m.column.table_sql not in rows:

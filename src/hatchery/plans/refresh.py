@@ -142,6 +142,7 @@ async def mask(context: StepContext) -> MaskedColumns:
     ):
         found = await masking.columns(conn)
         masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
+        problems += await masking.unfit_values(conn, masked)
         if problems:
             raise StepError("the masking rules cannot apply: " + "; ".join(problems))
         await masking.remember_sources(conn, masked)
