@@ -213,6 +213,85 @@ def deploy(
             raise typer.Exit(watch.watch(api, run["id"], console, timeout, deadline))
 
 
+def _refused(action: str, exc: Exception) -> typer.Exit:
+    typer.echo(f"hatchery: {action}: {exc}", err=True)
+    if isinstance(exc, watch.Refused):
+        return typer.Exit(watch.REFUSED)
+    return typer.Exit(watch.TIMED_OUT)
+
+
+@app.command()
+def refresh(
+    project: Annotated[str, typer.Option(help="The project's slug or id.")],
+    env: Annotated[str, typer.Option(help="The environment to refresh.")],
+    source: Annotated[str, typer.Option("--from", help="The environment to copy from.")],
+    url: ApiUrl,
+    token: ApiToken,
+    backup_id: Annotated[
+        uuid.UUID | None, typer.Option(help="Copy this backup of the source environment.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the masking plan; copy nothing.")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the refresh run to its end.")] = False,
+    timeout: WaitSeconds = 3600,
+) -> None:
+    """Refresh an environment from another, masked. Exit code: 0 succeeded (or started,
+    without --wait), 1 failed, 2 timed out, 3 refused."""
+    deadline = time.monotonic() + timeout
+    body = {"from": source, "dry_run": dry_run}
+    if backup_id is not None:
+        body["backup_id"] = str(backup_id)
+    with watch.client(url, token) as api:
+        try:
+            answer = watch.refresh(api, project, env, body, deadline)
+        except (watch.Refused, watch.Transient, httpx.TransportError) as exc:
+            raise _refused("refresh refused", exc) from None
+        if dry_run:
+            for column in answer["columns"]:
+                typer.echo(
+                    f"{column['table']}.{column['column']}  {column['type']}  "
+                    f"{column['strategy']}  {column['rows']} rows"
+                )
+            for problem in answer["problems"]:
+                typer.echo(f"problem: {problem}")
+            raise typer.Exit(watch.REFUSED if answer["problems"] else watch.SUCCEEDED)
+        typer.echo(f"run {answer['id']}: refreshing {env} from {source}")
+        if wait:
+            console = Console(soft_wrap=True)
+            raise typer.Exit(watch.watch(api, answer["id"], console, timeout, deadline))
+
+
+@app.command()
+def windows(
+    project: Annotated[str, typer.Option(help="The project's slug or id.")],
+    env: Annotated[str, typer.Option(help="The environment.")],
+    url: ApiUrl,
+    token: ApiToken,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="A window, such as 'Sat 02:00-04:00 Europe/Berlin'; repeat for more."
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Remove every window.")] = False,
+) -> None:
+    """Show an environment's deploy windows, or set them (deploys outside wait for the
+    next one). Exit code 3 when refused."""
+    specs = [] if clear else set_
+    with watch.client(url, token) as api:
+        try:
+            answer = watch.windows(api, project, env, specs, time.monotonic() + 60)
+        except (watch.Refused, watch.Transient, httpx.TransportError) as exc:
+            raise _refused("windows refused", exc) from None
+    for window in answer["windows"]:
+        typer.echo(window["spec"])
+    if not answer["windows"]:
+        typer.echo("no windows: deploys migrate at once")
+    elif answer["open_now"]:
+        typer.echo(f"open now, until {answer['closes_at']}")
+    else:
+        typer.echo(f"next opens {answer['next_open']}")
+
+
 @runs_app.command("watch")
 def runs_watch(
     run_id: uuid.UUID, url: ApiUrl, token: ApiToken, timeout: WaitSeconds = 3600

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -105,6 +106,33 @@ def deploy(
         lambda: _checked(api.post(f"/projects/{found}/deployments", json=body)), deadline
     )
     return run
+
+
+def refresh(
+    api: httpx.Client, project: str, environment: str, body: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    """Ask for a refresh (or its plan, with `dry_run`); tried again safely: one
+    Idempotency-Key for every try."""
+    found = persistently(lambda: project_id(api, project), deadline)
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    path = f"/projects/{found}/environments/{environment}/refreshes"
+    answer: dict[str, Any] = persistently(
+        lambda: _checked(api.post(path, json=body, headers=headers)), deadline
+    )
+    return answer
+
+
+def windows(
+    api: httpx.Client, project: str, environment: str, specs: list[str] | None, deadline: float
+) -> dict[str, Any]:
+    """The environment's deploy windows; set to `specs` first unless None."""
+    found = persistently(lambda: project_id(api, project), deadline)
+    path = f"/projects/{found}/environments/{environment}/windows"
+    if specs is None:
+        answer: dict[str, Any] = persistently(lambda: _checked(api.get(path)), deadline)
+    else:
+        answer = persistently(lambda: _checked(api.put(path, json={"windows": specs})), deadline)
+    return answer
 
 
 @dataclass

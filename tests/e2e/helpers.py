@@ -1,5 +1,6 @@
 import asyncio
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,10 @@ async def active_project(
     run = await wait_for_run(client, token, created["run"]["id"])
     assert run["status"] == "succeeded", run
     return await get_project(client, token, created["project"]["id"]), run["result"]["deploy_token"]
+
+
+def run_cli(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hatchery.cli", *args, "--url", url, "--token", token],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip

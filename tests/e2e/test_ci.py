@@ -5,7 +5,6 @@ import io
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from hatchery import watch
-from tests.e2e.helpers import WorkingCopy, active_project
+from tests.e2e.helpers import WorkingCopy, active_project, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples/ci/deploy.sh"
@@ -39,13 +38,6 @@ def run_script(
         env={"PATH": str(tools), "HATCHERY_URL": url, "HATCHERY_TOKEN": token,
              "HATCHERY_TIMEOUT": str(timeout)},
         capture_output=True, text=True, timeout=timeout + 30, check=False,
-    )  # fmt: skip
-
-
-def run_cli(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hatchery.cli", *args, "--url", url, "--token", token],
-        capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
 
 

@@ -13,7 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hatchery.embedded import EmbeddedPostgres
 from tests.conftest import bearer, start, stop
-from tests.e2e.helpers import WorkingCopy, active_project, deploy, git, wait_for_run
+from tests.e2e.helpers import (
+    WorkingCopy,
+    active_project,
+    deploy,
+    git,
+    run_cli,
+    wait_for_run,
+)
 from tests.sse import follow
 
 SCHEMA = [
@@ -114,6 +121,12 @@ async def test_staging_is_refreshed_from_production_masked_and_a_killed_refresh_
                 ("public.users", "name"): ("fake:name", 20000),
                 ("public.subscriptions", "email"): ("email", 5000),
             }
+            shown = run_cli(
+                isolated_api, live_admin_token, "refresh", "--project", "refreshed",
+                "--env", "staging", "--from", "production", "--dry-run",
+            )  # fmt: skip
+            assert shown.returncode == 0, shown.stdout + shown.stderr
+            assert "public.users.password_hash  text  hash  20000 rows" in shown.stdout
 
             # Production is last in promotion order: never refreshed.
             response = await client.post(
@@ -139,11 +152,15 @@ async def test_staging_is_refreshed_from_production_masked_and_a_killed_refresh_
             assert postgres.psql(names["staging"], CHECKSUM) == staging_before
             assert postgres.psql(names["production"], CHECKSUM) == production_before
 
-            # Tried again: it lands.
-            response = await client.post(
-                f"{base}/staging/refreshes", json={"from": "production"}, headers=headers
-            )
-            run = await wait_for_run(client, live_admin_token, response.json()["id"], timeout=120)
+            # Tried again, from the command line: it lands.
+            done = run_cli(
+                isolated_api, live_admin_token, "refresh", "--project", "refreshed",
+                "--env", "staging", "--from", "production", "--wait",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "  mask done" in done.stdout and "  swap done" in done.stdout
+            run_id = done.stdout.split()[1].rstrip(":")
+            run = await wait_for_run(client, live_admin_token, run_id)
             assert run["status"] == "succeeded", run
     finally:
         if worker is not None:
