@@ -125,16 +125,15 @@ def plan(
 
 
 async def unfit_values(conn: AsyncConnection, masked: Sequence[Masked]) -> list[str]:
-    """`fixed` values that the column's type does not take."""
+    """`fixed` values that the column's type does not take (`conn` in autocommit)."""
     problems = []
     for m in masked:
         if m.strategy != "fixed":
             continue
-        try:
-            async with conn.begin_nested():
-                await conn.execute(
-                    text(f"SELECT CAST(CAST(:v AS text) AS {m.column.type})"), {"v": m.value}
-                )
+        try:  # `conn` is in autocommit: a failure leaves nothing to roll back
+            await conn.execute(
+                text(f"SELECT CAST(CAST(:v AS text) AS {m.column.type})"), {"v": m.value}
+            )
         except DBAPIError as exc:
             reason = str(exc.orig).splitlines()[0]
             where = f"{m.column.qualified_table}.{m.column.name}"
@@ -256,9 +255,10 @@ async def mask(
     progress: Progress,
     batch_pages: int,
 ) -> dict[str, Any]:
-    """Rewrite the masked columns, table by table, in batches of pages, each batch a
-    transaction of its own. A row a batch rewrote (its new version may land anywhere in
-    the table) is told from a source row by its xmin: it is never masked twice."""
+    """Rewrite the masked columns, table by table, in batches of pages, each batch one
+    statement that commits on its own (`conn` is in autocommit). A row a batch rewrote
+    (its new version may land anywhere in the table) is told from a source row by its
+    xmin, the transaction that wrote it: it is never masked twice."""
     by_table: dict[str, list[tuple[int, Masked]]] = {}
     for i, m in enumerate(masked):
         by_table.setdefault(m.column.table_sql, []).append((i, m))
@@ -270,37 +270,29 @@ async def mask(
             sql, extra = expression(m, i)
             sets.append(f"{_ident(m.column.name)} = {sql}")
             params.update(extra)
+        update = (
+            f"WITH done AS (UPDATE {table} SET {', '.join(sets)} WHERE {{where}} "
+            "AND NOT (xmin = ANY(CAST(:ours AS xid[]))) RETURNING 1) "
+            "SELECT txid_current() % 4294967296, count(*) FROM done"
+        )
         await conn.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = false)"))
         end = int(await conn.scalar(text(PAGES), {"t": table}) or 0)
-        await conn.commit()
         ours: list[int] = []
-        for first in range(0, end, batch_pages):
-            last = min(first + batch_pages, end)
-            ours.append(int(await conn.scalar(text("SELECT txid_current() % 4294967296")) or 0))
-            done = await conn.execute(
-                text(
-                    f"UPDATE {table} SET {', '.join(sets)} "
-                    f"WHERE ctid >= '({first},0)'::tid AND ctid < '({last},0)'::tid "
-                    "AND NOT (xmin = ANY(CAST(:ours AS xid[])))"
-                ),
-                {**params, "ours": ours},
-            )
-            await conn.commit()
-            rows += done.rowcount
+        # The pages there were, a batch at a time; then what lies past them (a partitioned
+        # table's rows: its parent has no pages).
+        batches = [
+            (f"ctid >= '({first},0)'::tid AND ctid < '({min(first + batch_pages, end)},0)'::tid",
+             min(first + batch_pages, end))
+            for first in range(0, end, batch_pages)
+        ]  # fmt: skip
+        batches.append((f"ctid >= '({end},0)'::tid", end))
+        for where, last in batches:
+            found = await conn.execute(text(update.format(where=where)), {**params, "ours": ours})
+            xid, count = found.one()
+            ours.append(int(xid))
+            rows += int(count)
             await progress(table, last, end)
-        # What lies past the pages counted: a partitioned table's rows (its parent has no
-        # pages), or none.
-        ours.append(int(await conn.scalar(text("SELECT txid_current() % 4294967296")) or 0))
-        done = await conn.execute(
-            text(
-                f"UPDATE {table} SET {', '.join(sets)} WHERE ctid >= '({end},0)'::tid "
-                "AND NOT (xmin = ANY(CAST(:ours AS xid[])))"
-            ),
-            {**params, "ours": ours},
-        )
-        rows += done.rowcount
         await conn.execute(text(f"ALTER TABLE {table} RESET (autovacuum_enabled)"))
-        await conn.commit()
     seconds = time.monotonic() - started
     return {
         "rows": rows,

@@ -95,7 +95,9 @@ async def plan_refresh(
     sensitive = Masking(tuple(settings.schema_sensitive_patterns), False).sensitive
     url = provisioning.connection_url(source, settings.encryption_secret)
     try:
-        async with db.connection(url, connect_args={"timeout": 10}) as conn:
+        async with db.connection(
+            url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 10}
+        ) as conn:
             found = await masking.columns(conn)
             masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
             problems += await masking.unfit_values(conn, masked)

@@ -138,7 +138,7 @@ async def mask(context: StepContext) -> MaskedColumns:
     sensitive = Masking(tuple(settings.schema_sensitive_patterns), False).sensitive
     async with (
         _scratch_dropped_on_failure(context, target),
-        db.connection(_scratch_url(context, target)) as conn,
+        db.connection(_scratch_url(context, target), isolation_level="AUTOCOMMIT") as conn,
     ):
         found = await masking.columns(conn)
         masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
@@ -146,7 +146,6 @@ async def mask(context: StepContext) -> MaskedColumns:
         if problems:
             raise StepError("the masking rules cannot apply: " + "; ".join(problems))
         await masking.remember_sources(conn, masked)
-        await conn.commit()
 
         async def progress(table: str, pages: int, total: int) -> None:
             await context.progress(100 * pages / max(total, 1), f"{table}: page {pages}/{total}")
@@ -192,12 +191,11 @@ async def verify(context: StepContext) -> dict[str, Any]:
             await backups.load(url, Path(found.location), "post-data")
         except backups.BackupError as exc:
             raise StepError(f"constraints or indexes failed on the masked data: {exc}") from None
-        async with db.connection(url) as conn:
+        async with db.connection(url, isolation_level="AUTOCOMMIT") as conn:
             rows = await masking.row_counts(conn)
             left = await masking.leftovers(conn, masked)
             not_valid = await conn.scalar(INVALID_CONSTRAINTS)
             await masking.forget_sources(conn)
-            await conn.commit()
         report = {
             "rows": rows,
             "rows_equal": rows == backed_up,
