@@ -6,12 +6,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from hatchery.environments.masking import FAKE_KINDS, STRATEGIES
 
+# An identifier as the catalog spells it: no dot, no space, no control character.
+_PART = r"[^.\s\x00-\x1f\x7f]{1,63}"
 TableName = Annotated[
     str,
-    StringConstraints(pattern=r"^[^.\s]{1,63}(\.[^.\s]{1,63})?$"),
+    StringConstraints(pattern=rf"^{_PART}(\.{_PART})?$"),
     Field(description="`schema.table`, or `table` in `public`.", examples=["public.users"]),
 ]
-ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^\S+$")]
+ColumnName = Annotated[str, StringConstraints(pattern=rf"^{_PART}$")]
 
 
 class MaskingRule(BaseModel):
@@ -24,7 +26,7 @@ class MaskingRule(BaseModel):
         f"even when flagged sensitive) or `fake:<kind>` ({', '.join(sorted(FAKE_KINDS))}).",
         examples=["email"],
     )
-    value: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+    value: Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")] | None = Field(
         default=None, description="The value of a `fixed` rule (cast to the column's type)."
     )
 
