@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     refresh_keep_previous: bool = True
     # Masking rewrites a table this many 8 KiB pages per transaction (one progress event).
     refresh_batch_pages: int = Field(default=2048, ge=1)
+    # Connections pg_restore uses at once to load a refresh's scratch database.
+    refresh_restore_jobs: int = Field(default=2, ge=1, le=32)
     # How often a worker looks for refresh schedules that are due.
     refresh_schedule_check_seconds: int = Field(default=10, ge=1, le=60)
 

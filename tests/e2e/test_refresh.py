@@ -168,6 +168,7 @@ async def test_staging_is_refreshed_from_production_masked_and_a_killed_refresh_
 
     report = run["result"]["verification"]
     assert report["rows_equal"] and report["rows"]["public.users"] == 20000
+    assert report["recounted"] == {"public.users": 20000, "public.subscriptions": 5000}
     assert report["rows"]["public.orders"] == 25000
     assert not any(report["source_values_left"].values()) and report["constraints_not_valid"] == 0
     assert run["result"]["masking"]["rows"] == 25000  # 20000 users and 5000 subscriptions

@@ -8,7 +8,7 @@ output within one refresh (foreign keys and unique constraints still hold), and 
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,26 +222,31 @@ Progress = Callable[[str, int, int], Awaitable[None]]
 
 
 async def remember_sources(conn: AsyncConnection, masked: Sequence[Masked]) -> None:
-    """Before masking: the hash of every distinct source value of each checked column,
-    for `leftovers` to look for afterwards."""
+    """Before masking: the hash of every source value of each checked column (one scan
+    of each table), for `leftovers` to look for afterwards."""
     await forget_sources(conn)
     await conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+    by_table: dict[str, list[str]] = {}
+    params: dict[str, Any] = {}
     for i, m in enumerate(masked):
         if not m.verified:
             continue
-        value = _ident(m.column.name)
-        fixed = (
-            f" AND {value}::text IS DISTINCT FROM CAST(:fixed AS text)"
-            if m.strategy == "fixed"
-            else ""
-        )
+        value = f"{_ident(m.column.name)}::text"
+        if m.strategy == "fixed":  # the fixed value itself may be a source value
+            params[f"fixed_{i}"] = m.value
+            value = f"NULLIF({value}, CAST(:fixed_{i} AS text))"
+        by_table.setdefault(m.column.table_sql, []).append(f"md5({value})::uuid AS c{i}")
+    for k, (table, hashes) in enumerate(by_table.items()):
         await conn.execute(
-            text(
-                f"CREATE UNLOGGED TABLE {SCHEMA}.c{i} AS SELECT DISTINCT md5({value}::text) AS h "
-                f"FROM {m.column.table_sql} WHERE {value} IS NOT NULL{fixed}"
-            ),
-            {"fixed": m.value} if fixed else {},
+            text(f"CREATE UNLOGGED TABLE {SCHEMA}.t{k} AS SELECT {', '.join(hashes)} FROM {table}"),
+            params,
         )
+
+
+def _source_table(masked: Sequence[Masked], index: int) -> str:
+    """Where remember_sources put the hashes of column `index`."""
+    tables = list(dict.fromkeys(m.column.table_sql for m in masked if m.verified))
+    return f"{SCHEMA}.t{tables.index(masked[index].column.table_sql)}"
 
 
 async def forget_sources(conn: AsyncConnection) -> None:
@@ -312,8 +317,8 @@ async def leftovers(conn: AsyncConnection, masked: Sequence[Masked]) -> dict[str
             query = f"SELECT count(*) FROM {m.column.table_sql} WHERE {value} IS NOT NULL"
         elif m.verified:
             query = (
-                f"SELECT count(*) FROM {m.column.table_sql} t JOIN {SCHEMA}.c{i} s "
-                f"ON md5(t.{value}::text) = s.h"
+                f"SELECT count(*) FROM {m.column.table_sql} "
+                f"WHERE md5({value}::text)::uuid IN (SELECT c{i} FROM {_source_table(masked, i)})"
             )
         else:
             continue
@@ -321,19 +326,27 @@ async def leftovers(conn: AsyncConnection, masked: Sequence[Masked]) -> dict[str
     return found
 
 
-async def row_counts(conn: AsyncConnection) -> dict[str, int]:
-    """Exact row counts of every table (partitions counted in their parent)."""
-    tables = await conn.execute(
+async def tables(conn: AsyncConnection) -> dict[str, str]:
+    """Every table (partitioned ones, not their partitions): `schema.table` to its quoted
+    name."""
+    found = await conn.execute(
         text(
-            "SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname "
+            "SELECT n.nspname || '.' || c.relname, format('%I.%I', n.nspname, c.relname) "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
             "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT IN ('information_schema', :ours) "
-            "ORDER BY 2"
+            "ORDER BY 1"
         ),
         {"ours": SCHEMA},
     )
+    return dict(found.tuples().all())
+
+
+async def row_counts(conn: AsyncConnection, only: Collection[str] | None = None) -> dict[str, int]:
+    """Exact row counts of every table (partitions counted in their parent), or of those
+    named in `only` (`schema.table`)."""
     counts = {}
-    for quoted, name in tables.all():
-        counts[name] = int(await conn.scalar(text(f"SELECT count(*) FROM {quoted}")) or 0)
+    for name, quoted in (await tables(conn)).items():
+        if only is None or name in only:
+            counts[name] = int(await conn.scalar(text(f"SELECT count(*) FROM {quoted}")) or 0)
     return counts

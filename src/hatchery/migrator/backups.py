@@ -112,13 +112,14 @@ def expiry(when: datetime, keep_days: int) -> datetime:
     return when + timedelta(days=keep_days)
 
 
-async def load(database_url: str, source: Path, *sections: str) -> None:
+async def load(database_url: str, source: Path, *sections: str, jobs: int = 1) -> None:
     """Restore sections of a checked dump (`pre-data`, `data`, `post-data`) into a new,
-    empty database, as its owner; stops at the first error."""
+    empty database, as its owner, with `jobs` connections at once; stops at the first
+    error."""
     database = make_url(database_url).database or ""
     try:
         await pgtools.run(
-            "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+            "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", f"--jobs={jobs}",
             *(f"--section={s}" for s in sections), f"--dbname={database}", str(source),
             database_url=database_url,
         )  # fmt: skip
