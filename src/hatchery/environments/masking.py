@@ -6,13 +6,14 @@ Every masked value comes from a keyed hash of the value: the same input gives th
 output within one refresh (foreign keys and unique constraints still hold), and the key
 (the seed) is random per refresh and never stored, so nothing can be reversed."""
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,6 +35,7 @@ HASHED_FAKES = ("username", "phone", "text", "ipv4", "street_address")
 FAKE_KINDS = frozenset([*LISTS, "name", *HASHED_FAKES])
 TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
 SCHEMA = "hatchery_refresh"  # the check's hashes, in the scratch database only
+_HASH = "hashtextextended({}, 0)"  # PostgreSQL's own 64-bit text hash: fast
 
 
 class MaskingError(ValueError):
@@ -217,13 +219,16 @@ def new_seed() -> str:
     return secrets.token_hex(32)
 
 
+LAST_BLOCK = 2**32 - 1  # past any page a table can have
 PAGES = "SELECT pg_relation_size(CAST(:t AS regclass)) / current_setting('block_size')::int"
 Progress = Callable[[str, int, int], Awaitable[None]]
 
 
 async def remember_sources(conn: AsyncConnection, masked: Sequence[Masked]) -> None:
     """Before masking: the hash of every source value of each checked column (one scan
-    of each table), for `leftovers` to look for afterwards."""
+    of each table), for `leftovers` to look for afterwards. A 64-bit hash: two values
+    that collide can only make the check fail a refresh that was fine, never pass one
+    that was not."""
     await forget_sources(conn)
     await conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
     by_table: dict[str, list[str]] = {}
@@ -235,12 +240,13 @@ async def remember_sources(conn: AsyncConnection, masked: Sequence[Masked]) -> N
         if m.strategy == "fixed":  # the fixed value itself may be a source value
             params[f"fixed_{i}"] = m.value
             value = f"NULLIF({value}, CAST(:fixed_{i} AS text))"
-        by_table.setdefault(m.column.table_sql, []).append(f"md5({value})::uuid AS c{i}")
+        by_table.setdefault(m.column.table_sql, []).append(f"{_HASH.format(value)} AS c{i}")
     for k, (table, hashes) in enumerate(by_table.items()):
         await conn.execute(
             text(f"CREATE UNLOGGED TABLE {SCHEMA}.t{k} AS SELECT {', '.join(hashes)} FROM {table}"),
             params,
         )
+        await conn.execute(text(f"ANALYZE {SCHEMA}.t{k}"))  # for a hash join in `leftovers`
 
 
 def _source_table(masked: Sequence[Masked], index: int) -> str:
@@ -254,56 +260,74 @@ async def forget_sources(conn: AsyncConnection) -> None:
 
 
 async def mask(
-    conn: AsyncConnection,
+    conns: Sequence[AsyncConnection],
     masked: Sequence[Masked],
     seed: str,
     progress: Progress,
     batch_pages: int,
 ) -> dict[str, Any]:
-    """Rewrite the masked columns, table by table, in batches of pages, each batch one
-    statement that commits on its own (`conn` is in autocommit). A row a batch rewrote
-    (its new version may land anywhere in the table) is told from a source row by its
-    xmin, the transaction that wrote it: it is never masked twice."""
+    """Rewrite the masked columns, table by table, in batches of pages spread over
+    `conns` (in autocommit: each batch one statement that commits on its own). A row is
+    rewritten only if it was written before masking began (its xmin precedes the
+    transaction id taken then): a row's new version may land anywhere in the table, and
+    is never masked twice."""
     by_table: dict[str, list[tuple[int, Masked]]] = {}
     for i, m in enumerate(masked):
         by_table.setdefault(m.column.table_sql, []).append((i, m))
     started = time.monotonic()
     rows = 0
+    began = int(await conns[0].scalar(text("SELECT txid_current() % 4294967296")) or 0)
     for table, members in by_table.items():
-        sets, params = [], {"seed": seed}
+        sets, params = [], {"seed": seed, "began": str(began)}
         for i, m in members:
             sql, extra = expression(m, i)
             sets.append(f"{_ident(m.column.name)} = {sql}")
             params.update(extra)
         update = (
-            f"WITH done AS (UPDATE {table} SET {', '.join(sets)} WHERE {{where}} "
-            "AND NOT (xmin = ANY(CAST(:ours AS xid[]))) RETURNING 1) "
-            "SELECT txid_current() % 4294967296, count(*) FROM done"
+            f"UPDATE {table} SET {', '.join(sets)} "
+            "WHERE ctid >= :first AND ctid < :last "
+            "AND age(xmin) > age(CAST(CAST(:began AS text) AS xid))"
         )
-        await conn.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = false)"))
-        end = int(await conn.scalar(text(PAGES), {"t": table}) or 0)
-        ours: list[int] = []
+        end = int(await conns[0].scalar(text(PAGES), {"t": table}) or 0)
         # The pages there were, a batch at a time; then what lies past them (a partitioned
         # table's rows: its parent has no pages).
         batches = [
-            (f"ctid >= '({first},0)'::tid AND ctid < '({min(first + batch_pages, end)},0)'::tid",
-             min(first + batch_pages, end))
+            ((first, 0), (first + batch_pages, 0), min(first + batch_pages, end))
             for first in range(0, end, batch_pages)
-        ]  # fmt: skip
-        batches.append((f"ctid >= '({end},0)'::tid", end))
-        for where, last in batches:
-            found = await conn.execute(text(update.format(where=where)), {**params, "ours": ours})
-            xid, count = found.one()
-            ours.append(int(xid))
-            rows += int(count)
-            await progress(table, last, end)
-        await conn.execute(text(f"ALTER TABLE {table} RESET (autovacuum_enabled)"))
+        ]
+        batches.append(((end, 0), (LAST_BLOCK, 0), end))
+        rows += await _in_batches(conns, text(update), params, batches, table, end, progress)
     seconds = time.monotonic() - started
     return {
         "rows": rows,
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows / seconds) if seconds > 0 else None,
     }
+
+
+async def _in_batches(
+    conns: Sequence[AsyncConnection],
+    update: TextClause,
+    params: dict[str, Any],
+    batches: list[tuple[tuple[int, int], tuple[int, int], int]],
+    table: str,
+    pages: int,
+    progress: Progress,
+) -> int:
+    """Run `update` once per batch (its first and last ctid), each connection taking
+    the next batch as it is free; the rows changed."""
+    pending = list(batches)
+
+    async def work(conn: AsyncConnection) -> int:
+        changed = 0
+        while pending:
+            first, last, reached = pending.pop(0)
+            found = await conn.execute(update, {**params, "first": first, "last": last})
+            changed += found.rowcount
+            await progress(table, reached, pages)
+        return changed
+
+    return sum(await asyncio.gather(*(work(conn) for conn in conns)))
 
 
 async def leftovers(conn: AsyncConnection, masked: Sequence[Masked]) -> dict[str, int]:
@@ -317,8 +341,8 @@ async def leftovers(conn: AsyncConnection, masked: Sequence[Masked]) -> dict[str
             query = f"SELECT count(*) FROM {m.column.table_sql} WHERE {value} IS NOT NULL"
         elif m.verified:
             query = (
-                f"SELECT count(*) FROM {m.column.table_sql} "
-                f"WHERE md5({value}::text)::uuid IN (SELECT c{i} FROM {_source_table(masked, i)})"
+                f"SELECT count(*) FROM {m.column.table_sql} WHERE EXISTS (SELECT 1 FROM "
+                f"{_source_table(masked, i)} s WHERE s.c{i} = {_HASH.format(value + '::text')})"
             )
         else:
             continue

@@ -133,26 +133,30 @@ async def restore(context: StepContext) -> Restored:
 
 
 async def mask(context: StepContext) -> MaskedColumns:
-    """The masking rules over the default, applied in SQL, batch by batch."""
+    """The masking rules over the default, applied in SQL, batch by batch, on
+    HATCHERY_REFRESH_RESTORE_JOBS connections at once."""
     _, target = await environment_of(context)
     settings = context.settings
     sensitive = Masking(tuple(settings.schema_sensitive_patterns), False).sensitive
-    async with (
-        _scratch_dropped_on_failure(context, target),
-        db.connection(_scratch_url(context, target), isolation_level="AUTOCOMMIT") as conn,
-    ):
-        found = await masking.columns(conn)
+    url = _scratch_url(context, target)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(_scratch_dropped_on_failure(context, target))
+        conns = [
+            await stack.enter_async_context(db.connection(url, isolation_level="AUTOCOMMIT"))
+            for _ in range(settings.refresh_restore_jobs)
+        ]
+        found = await masking.columns(conns[0])
         masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
-        problems += await masking.unfit_values(conn, masked)
+        problems += await masking.unfit_values(conns[0], masked)
         if problems:
             raise StepError("the masking rules cannot apply: " + "; ".join(problems))
-        await masking.remember_sources(conn, masked)
+        await masking.remember_sources(conns[0], masked)
 
         async def progress(table: str, pages: int, total: int) -> None:
             await context.progress(100 * pages / max(total, 1), f"{table}: page {pages}/{total}")
 
         report = await masking.mask(
-            conn, masked, masking.new_seed(), progress, settings.refresh_batch_pages
+            conns, masked, masking.new_seed(), progress, settings.refresh_batch_pages
         )
     columns = [
         {**vars(m.column), "strategy": m.strategy, "value": m.value, "verified": m.verified}
