@@ -34,7 +34,7 @@ format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 bench: install
-	for b in queue_latency sse_fanout init_throughput migrate_overhead schema_introspection api_throughput; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in queue_latency sse_fanout init_throughput migrate_overhead refresh schema_introspection api_throughput; do $(BIN)/python -m bench.$$b || exit 1; done
 
 install: test-system-deps $(VENV)/.installed $(CODEGEN)/.installed $(NODE_TOOLS)/.installed
 

@@ -72,7 +72,15 @@ class Project(UUIDPrimaryKey, CreatedAt, Base):
 
 class Environment(UUIDPrimaryKey, CreatedAt, Base):
     __tablename__ = "environment"
-    __table_args__ = (Index("uq_environment_project_name", "project_id", "name", unique=True),)
+    __table_args__ = (
+        Index("uq_environment_project_name", "project_id", "name", unique=True),
+        # Workers look for due refresh schedules every few seconds.
+        Index(
+            "ix_environment_refresh_next_at",
+            "refresh_next_at",
+            postgresql_where=text("refresh_next_at IS NOT NULL"),
+        ),
+    )
 
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(20))
