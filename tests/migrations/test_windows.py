@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hatchery.migrations import windows
+from hatchery.migrations import service, windows
+from hatchery.projects.models import Environment
 
 WEDNESDAY_NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -65,3 +66,14 @@ def test_specs_are_stored_in_one_spelling(spec: str, canonical: str) -> None:
 def test_a_bad_spec_says_what_is_wrong(spec: str, says: str) -> None:
     with pytest.raises(windows.InvalidWindow, match=says):
         windows.parse(spec)
+
+
+def test_a_deploy_starts_at_its_not_before_in_the_first_window_after_it_unless_forced() -> None:
+    asked = datetime(2030, 1, 1, 5, 0, tzinfo=UTC)
+    nightly = Environment(name="staging", deploy_windows=["daily 02:00-03:00 UTC"])
+    assert service.start_at(nightly, asked, force=False) == datetime(2030, 1, 2, 2, 0, tzinfo=UTC)
+    assert service.start_at(nightly, asked, force=True) == asked  # an admin's force: no window
+    morning = Environment(name="staging", deploy_windows=["daily 04:00-06:00 UTC"])
+    assert service.start_at(morning, asked, force=False) == asked  # inside one
+    assert service.start_at(Environment(name="x"), asked, force=False) == asked
+    assert service.start_at(Environment(name="x"), None, force=False) is None  # at once
