@@ -4,11 +4,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hatchery import db, queue
 from hatchery.config import Settings
+from hatchery.embedded import EmbeddedRedis
 from hatchery.keys.models import Scope
+from hatchery.ratelimit import RateLimiter, TooManyRequests
 from tests.conftest import bearer, make_key, start_api, stop
 
 LIMITS = {
@@ -101,3 +104,39 @@ async def test_deployments_and_event_streams_have_limits_of_their_own(
 def test_a_malformed_limit_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="rate_limit_streams"):
         Settings(rate_limit_streams="lots")
+
+
+class Counting(Redis):
+    """A Redis client that counts the commands it sends (each one round trip)."""
+
+    sent = 0
+
+    async def execute_command(self, *args: object, **options: object) -> object:
+        self.sent += 1
+        return await super().execute_command(*args, **options)
+
+
+async def test_a_request_costs_one_round_trip_for_both_limits_and_counts_nothing_when_over(
+    redis_server: EmbeddedRedis, settings: Settings
+) -> None:
+    redis = Counting.from_url(redis_server.url[:-1] + "4")
+    await redis.flushdb()
+    limits = {"rate_limit_per_key": "3/minute", "rate_limit_per_address": "5/minute"}
+    limiter = RateLimiter(settings.model_copy(update=limits), redis)
+    try:
+        await limiter.request("10.0.0.9", "warm-up")  # the first call loads the script
+        redis.sent = 0
+        for _ in range(3):
+            await limiter.request("10.0.0.1", "key-a")
+        assert redis.sent == 3  # one EVALSHA for both limits, each time
+        with pytest.raises(TooManyRequests, match="for key") as refused:
+            await limiter.request("10.0.0.1", "key-a")
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+        # Refused: not counted against the address either; another key still has room.
+        await limiter.request("10.0.0.1", "key-b")
+        await limiter.request("10.0.0.1", None)  # an unknown token counts per address
+        with pytest.raises(TooManyRequests, match="for address"):
+            await limiter.request("10.0.0.1", "key-c")
+        await limiter.request("10.0.0.2", "key-c")
+    finally:
+        await redis.aclose()

@@ -78,7 +78,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
                 jobs=jobs,
                 sessionmaker=db.create_sessionmaker(engine, jobs),
                 caches=caches,
-                rate_limiter=RateLimiter(settings, jobs.connection_pool),
+                rate_limiter=RateLimiter(settings, jobs),
                 hub=hub,
                 shutting_down=shutting_down,
                 schema=schema,

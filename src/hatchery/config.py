@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     rate_limit_deployments: str = "60/minute"
     rate_limit_streams: str = "120/minute"
 
-    worker_poll_delay: float = Field(default=0.005, gt=0)
+    worker_poll_delay: float = Field(default=0.02, gt=0)
     worker_heartbeat_seconds: int = Field(default=5, ge=1)
     worker_max_jobs: int = Field(default=10, ge=1)
     # On SIGTERM a worker takes no new jobs and lets running ones finish this long; a run
