@@ -3,7 +3,8 @@ across api replicas: sliding window counters (the current and the previous fixed
 the previous weighted by how much of it still overlaps the sliding window).
 
 Every authenticated request counts against its key and its address, both in one Lua
-script (one round trip); deployment reports and event streams also count against limits
+script: one round trip (the `limits` library's strategies take one per limit, and a
+request has two); deployment reports and event streams also count against limits
 of their own. The limits are read with the `limits` library's notation (`1200/minute`).
 A Redis outage lets requests through (readiness reports it) rather than refusing
 everything.
