@@ -38,10 +38,6 @@ SCHEMA = "hatchery_refresh"  # the check's hashes, in the scratch database only
 _HASH = "hashtextextended({}, 0)"  # PostgreSQL's own 64-bit text hash: fast
 
 
-class MaskingError(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class Column:
     schema: str
