@@ -84,5 +84,9 @@ async def pipe(first: list[str], second: list[str], *, database_url: str) -> Non
 def quoted_version_table(version_table: str | None) -> str:
     """Alembic's version table (`alembic_version` unless a project names another, maybe
     `schema.table`) as an identifier PostgreSQL reads."""
-    parts = (version_table or "alembic_version").split(".")
-    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+    return ".".join(ident(p) for p in (version_table or "alembic_version").split("."))
+
+
+def ident(name: str) -> str:
+    """A name as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'

@@ -117,8 +117,7 @@ async def test_rules_that_cannot_apply_are_named_before_anything_runs(
         {"table": "public.people", "column": "password", "strategy": "keep"},
         {"table": "public.people", "column": "token", "strategy": "fixed", "value": "nope"},
     ]
-    masked, problems = masking.plan(await masking.columns(conn), rules, sensitive)
-    problems += await masking.unfit_values(conn, masked)
+    masked, problems = await masking.planned(conn, rules, sensitive)
     assert problems == [
         "rule for public.people.nope: no such column",
         "public.people.nickname: is NOT NULL: `null` cannot apply (use hash, fixed or fake)",

@@ -17,6 +17,8 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from hatchery.pgtools import ident
+
 STRATEGIES = ("email", "hash", "null", "fixed", "keep")
 # Fake values drawn from a short list may equal a source value by chance: the check
 # that no source value is left skips them.
@@ -53,7 +55,7 @@ class Column:
 
     @property
     def table_sql(self) -> str:
-        return f"{_ident(self.schema)}.{_ident(self.table)}"
+        return f"{ident(self.schema)}.{ident(self.table)}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,6 @@ class Masked:
     def verified(self) -> bool:
         kind = self.strategy.removeprefix("fake:")
         return self.strategy not in ("null", "keep") and kind not in (*LISTS, "name")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 COLUMNS = text(
@@ -122,7 +120,16 @@ def plan(
     return masked, problems
 
 
-async def unfit_values(conn: AsyncConnection, masked: Sequence[Masked]) -> list[str]:
+async def planned(
+    conn: AsyncConnection, rules: Sequence[dict[str, Any]], sensitive: Callable[[str], bool]
+) -> tuple[list[Masked], list[str]]:
+    """`plan` over the database's columns, with the `fixed` values its types refuse among
+    the problems (`conn` in autocommit)."""
+    masked, problems = plan(await columns(conn), rules, sensitive)
+    return masked, problems + await _unfit_values(conn, masked)
+
+
+async def _unfit_values(conn: AsyncConnection, masked: Sequence[Masked]) -> list[str]:
     """`fixed` values that the column's type does not take (`conn` in autocommit)."""
     problems = []
     for m in masked:
@@ -172,7 +179,7 @@ def expression(masked: Masked, index: int) -> tuple[str, dict[str, Any]]:
     """The SQL that replaces the column's value, and its parameters (the seed is bound by
     the caller). NULL stays NULL."""
     column, strategy = masked.column, masked.strategy
-    value = _ident(column.name)
+    value = ident(column.name)
     h = _hex(value)
     params: dict[str, Any] = {}
     if strategy == "null":
@@ -232,7 +239,7 @@ async def remember_sources(conn: AsyncConnection, masked: Sequence[Masked]) -> N
     for i, m in enumerate(masked):
         if not m.verified:
             continue
-        value = f"{_ident(m.column.name)}::text"
+        value = f"{ident(m.column.name)}::text"
         if m.strategy == "fixed":  # the fixed value itself may be a source value
             params[f"fixed_{i}"] = m.value
             value = f"NULLIF({value}, CAST(:fixed_{i} AS text))"
@@ -277,7 +284,7 @@ async def mask(
         sets, params = [], {"seed": seed, "began": str(began)}
         for i, m in members:
             sql, extra = expression(m, i)
-            sets.append(f"{_ident(m.column.name)} = {sql}")
+            sets.append(f"{ident(m.column.name)} = {sql}")
             params.update(extra)
         update = (
             f"UPDATE {table} SET {', '.join(sets)} "
@@ -331,7 +338,7 @@ async def leftovers(conn: AsyncConnection, masked: Sequence[Masked]) -> dict[str
     inside the database); and for `null` ones, how many are not null."""
     found: dict[str, int] = {}
     for i, m in enumerate(masked):
-        value = _ident(m.column.name)
+        value = ident(m.column.name)
         where = f"{m.column.qualified_table}.{m.column.name}"
         if m.strategy == "null":
             query = f"SELECT count(*) FROM {m.column.table_sql} WHERE {value} IS NOT NULL"

@@ -106,8 +106,6 @@ class RefreshSchedule(BaseModel):
 
 
 class RefreshScheduleOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
     environment: str
     schedule: dict[str, Any] | None = Field(description="`from` and `at`; none when unset.")
     next_at: datetime | None = Field(description="When the workers start the next refresh.")

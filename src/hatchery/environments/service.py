@@ -1,9 +1,10 @@
 """Refreshes of an environment from another (masked), their masking rules and schedules."""
 
 import uuid
+from collections.abc import Callable
 
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,6 +35,11 @@ from hatchery.runs.models import Run, RunKind, RunTrigger
 from hatchery.schema.catalog import Masking
 
 log = structlog.get_logger("hatchery.environments")
+
+
+def sensitive(settings: Settings) -> Callable[[str], bool]:
+    """Whether a column is masked by default: the schema API flags it `sensitive`."""
+    return Masking(tuple(settings.schema_sensitive_patterns), False).sensitive
 
 
 def _refreshable(
@@ -92,20 +98,15 @@ async def plan_refresh(
     project = await active_project(session, project_id)
     target = environment_named(project, name)
     source = _refreshable(project, target, body.source, "body.from")
-    sensitive = Masking(tuple(settings.schema_sensitive_patterns), False).sensitive
     url = provisioning.connection_url(source, settings.encryption_secret)
     try:
         async with db.connection(
             url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 10}
         ) as conn:
-            found = await masking.columns(conn)
-            masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
-            problems += await masking.unfit_values(conn, masked)
-            rows = {}
-            for m in masked:
-                if m.column.table_sql not in rows:
-                    count = text(f"SELECT count(*) FROM {m.column.table_sql}")  # noqa: S608
-                    rows[m.column.table_sql] = int(await conn.scalar(count) or 0)
+            masked, problems = await masking.planned(
+                conn, target.masking_rules or [], sensitive(settings)
+            )
+            rows = await masking.row_counts(conn, {m.column.qualified_table for m in masked})
     except (DBAPIError, OSError, TimeoutError):
         raise Unavailable(f"the database of '{source.name}' cannot be reached") from None
     columns = [
@@ -114,7 +115,7 @@ async def plan_refresh(
             column=m.column.name,
             type=m.column.type,
             strategy=m.strategy,
-            rows=rows[m.column.table_sql],
+            rows=rows[m.column.qualified_table],
             verified=m.verified,
         )
         for m in masked

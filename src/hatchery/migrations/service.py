@@ -198,8 +198,8 @@ def start_at(environment: Environment, asked: datetime | None, force: bool) -> d
     window unless forced. None: at once."""
     if force:
         return asked
-    at = max(asked or db.utcnow(), db.utcnow())
-    return windows.not_before(environment.deploy_windows, at) or asked
+    now = db.utcnow()
+    return windows.not_before(environment.deploy_windows, max(asked or now, now)) or asked
 
 
 async def deploy_window(session: AsyncSession, run: Run) -> datetime | None:

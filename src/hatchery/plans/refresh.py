@@ -6,6 +6,7 @@ step (or a worker that dies) leaves it as it was. The run holds the target's mig
 lock, so no migration runs beside it."""
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlalchemy import text
 
 from hatchery import db
 from hatchery.environments import masking
+from hatchery.environments import service as environments
 from hatchery.environments.params import RefreshParams
 from hatchery.migrations import repository
 from hatchery.migrator import backups, revisions
@@ -31,7 +33,6 @@ from hatchery.projects import provisioning
 from hatchery.projects.models import Environment
 from hatchery.runs.executor import Plan, StepContext, StepFailed, StepOutput
 from hatchery.schema import cache as schema_cache
-from hatchery.schema.catalog import Masking
 
 SOURCE_BACKUP, TARGET_BACKUP, RESTORE, MASK, VERIFY, SWAP, RECORD = (
     "source_backup", "target_backup", "restore", "mask", "verify", "swap", "record"
@@ -108,21 +109,26 @@ async def _scratch_dropped_on_failure(
         raise
 
 
-async def restore(context: StepContext) -> Restored:
-    """The source backup's tables and rows into a new scratch database; its indexes,
-    constraints and triggers wait for the masking to be done (post-data)."""
-    _, target = await environment_of(context)
+async def _chosen_dump(context: StepContext) -> Path:
+    """The file of the source backup (checked by the source_backup step)."""
     chosen = earlier(context, SourceBackup)
     found = await repository.get_backup(context.session, chosen.backup_id)
     if found is None:
         raise StepError(f"backup {chosen.backup_id} is gone")
+    return Path(found.location)
+
+
+async def restore(context: StepContext) -> Restored:
+    """The source backup's tables and rows into a new scratch database; its indexes,
+    constraints and triggers wait for the masking to be done (post-data)."""
+    _, target = await environment_of(context)
+    dump = await _chosen_dump(context)
     await provisioning.create_scratch(context.settings.projects_server_url(), target)
     async with _scratch_dropped_on_failure(context, target):
-        await context.progress(10, f"restoring backup {found.id} into a scratch database")
+        await context.progress(10, f"restoring {dump.name} into a scratch database")
         try:
-            await backups.check(Path(found.location), found.sha256)
             await backups.load(
-                _scratch_url(context, target), Path(found.location), "pre-data", "data",
+                _scratch_url(context, target), dump, "pre-data", "data",
                 jobs=context.settings.refresh_restore_jobs,
             )  # fmt: skip
         except backups.BackupError as exc:
@@ -137,7 +143,6 @@ async def mask(context: StepContext) -> MaskedColumns:
     HATCHERY_REFRESH_RESTORE_JOBS connections at once."""
     _, target = await environment_of(context)
     settings = context.settings
-    sensitive = Masking(tuple(settings.schema_sensitive_patterns), False).sensitive
     url = _scratch_url(context, target)
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(_scratch_dropped_on_failure(context, target))
@@ -145,9 +150,9 @@ async def mask(context: StepContext) -> MaskedColumns:
             await stack.enter_async_context(db.connection(url, isolation_level="AUTOCOMMIT"))
             for _ in range(settings.refresh_restore_jobs)
         ]
-        found = await masking.columns(conns[0])
-        masked, problems = masking.plan(found, target.masking_rules or [], sensitive)
-        problems += await masking.unfit_values(conns[0], masked)
+        masked, problems = await masking.planned(
+            conns[0], target.masking_rules or [], environments.sensitive(settings)
+        )
         if problems:
             raise StepError("the masking rules cannot apply: " + "; ".join(problems))
         await masking.remember_sources(conns[0], masked)
@@ -158,24 +163,13 @@ async def mask(context: StepContext) -> MaskedColumns:
         report = await masking.mask(
             conns, masked, masking.new_seed(), progress, settings.refresh_batch_pages
         )
-    columns = [
-        {**vars(m.column), "strategy": m.strategy, "value": m.value, "verified": m.verified}
-        for m in masked
-    ]
     context.run.add_result(masking=report)
-    return MaskedColumns(columns=columns)
+    return MaskedColumns(columns=[dataclasses.asdict(m) for m in masked])
 
 
 def _masked(columns: list[dict[str, Any]]) -> list[masking.Masked]:
     return [
-        masking.Masked(
-            masking.Column(
-                **{k: c[k] for k in ("schema", "table", "name", "type", "base", "nullable")}
-            ),
-            c["strategy"],
-            c["value"],
-        )
-        for c in columns
+        masking.Masked(masking.Column(**c["column"]), c["strategy"], c["value"]) for c in columns
     ]
 
 
@@ -188,15 +182,10 @@ async def verify(context: StepContext) -> dict[str, Any]:
     url = _scratch_url(context, target)
     backed_up = earlier(context, Restored).rows
     masked = _masked(earlier(context, MaskedColumns).columns)
-    chosen = earlier(context, SourceBackup)
-    found = await repository.get_backup(context.session, chosen.backup_id)
-    if found is None:
-        raise StepError(f"backup {chosen.backup_id} is gone")
+    dump = await _chosen_dump(context)
     async with _scratch_dropped_on_failure(context, target):
         try:
-            await backups.load(
-                url, Path(found.location), "post-data", jobs=context.settings.refresh_restore_jobs
-            )
+            await backups.load(url, dump, "post-data", jobs=context.settings.refresh_restore_jobs)
         except backups.BackupError as exc:
             raise StepError(f"constraints or indexes failed on the masked data: {exc}") from None
         rewritten = {m.column.qualified_table for m in masked}

@@ -8,16 +8,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hatchery import crypto, db
+from hatchery.pgtools import ident
 from hatchery.projects.models import Environment
 
 
 def object_name(slug: str, project_id: uuid.UUID, environment: str) -> str:
     """`<slug>_<8 hex of id>_<env>`: readable, unique per project, under 63 bytes."""
     return f"{slug.replace('-', '_')}_{project_id.hex[:8]}_{environment.replace('-', '_')}"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(value: str) -> str:
@@ -52,13 +49,13 @@ async def provision(
             text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
         )
         verb = "ALTER" if role_exists else "CREATE"
-        await conn.execute(text(f"{verb} ROLE {_ident(role)} LOGIN PASSWORD {_literal(password)}"))
+        await conn.execute(text(f"{verb} ROLE {ident(role)} LOGIN PASSWORD {_literal(password)}"))
         db_exists = await conn.scalar(
             text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
         )
         if not db_exists:
-            await conn.execute(text(f"CREATE DATABASE {_ident(database)} OWNER {_ident(role)}"))
-        await conn.execute(text(f"REVOKE ALL ON DATABASE {_ident(database)} FROM PUBLIC"))
+            await conn.execute(text(f"CREATE DATABASE {ident(database)} OWNER {ident(role)}"))
+        await conn.execute(text(f"REVOKE ALL ON DATABASE {ident(database)} FROM PUBLIC"))
         await _close_maintenance_databases(conn, protected)
 
 
@@ -73,7 +70,7 @@ async def _close_maintenance_databases(conn: AsyncConnection, protected: Iterabl
     current = await conn.scalar(text("SELECT current_database()"))
     for name in {*names, current}:
         # Only the owner or a superuser may; for anyone else PostgreSQL warns and goes on.
-        await conn.execute(text(f"REVOKE CONNECT ON DATABASE {_ident(name)} FROM PUBLIC"))
+        await conn.execute(text(f"REVOKE CONNECT ON DATABASE {ident(name)} FROM PUBLIC"))
 
 
 async def drop(server_url: str, environment: Environment) -> None:
@@ -81,8 +78,13 @@ async def drop(server_url: str, environment: Environment) -> None:
     names = (environment.database_name, scratch_name(environment), previous_name(environment))
     async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
         for name in names:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
-        await conn.execute(text(f"DROP ROLE IF EXISTS {_ident(environment.role_name)}"))
+            await _drop_database(conn, name)
+        await conn.execute(text(f"DROP ROLE IF EXISTS {ident(environment.role_name)}"))
+
+
+async def _drop_database(conn: AsyncConnection, name: str) -> None:
+    """Gone, whoever is connected to it (`conn` in autocommit)."""
+    await conn.execute(text(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)"))
 
 
 # A refresh restores and masks into a scratch database, then swaps it in; the database it
@@ -104,27 +106,26 @@ def with_database(database_url: str, database: str) -> str:
 async def create_scratch(server_url: str, environment: Environment) -> None:
     """An empty scratch database owned by the environment's role (an earlier one, left by
     a refresh that died, is dropped first)."""
-    name = _ident(scratch_name(environment))
+    name = ident(scratch_name(environment))
     async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
-        await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await conn.execute(text(f"CREATE DATABASE {name} OWNER {_ident(environment.role_name)}"))
+        await _drop_database(conn, scratch_name(environment))
+        await conn.execute(text(f"CREATE DATABASE {name} OWNER {ident(environment.role_name)}"))
         await conn.execute(text(f"REVOKE ALL ON DATABASE {name} FROM PUBLIC"))
 
 
 async def drop_scratch(server_url: str, environment: Environment) -> None:
     async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
-        name = _ident(scratch_name(environment))
-        await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await _drop_database(conn, scratch_name(environment))
 
 
 async def swap_in_scratch(server_url: str, environment: Environment, keep_previous: bool) -> None:
     """The scratch database becomes the environment's, in one transaction: its sessions
     are ended (PostgreSQL waits for them to go), the database it had becomes the previous
     one (the one before that is dropped), or is dropped too when not kept."""
-    target = _ident(environment.database_name)
-    previous = _ident(previous_name(environment))
+    target = ident(environment.database_name)
+    previous = ident(previous_name(environment))
     async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
-        await conn.execute(text(f"DROP DATABASE IF EXISTS {previous} WITH (FORCE)"))
+        await _drop_database(conn, previous_name(environment))
     async with db.connection(server_url) as conn, conn.begin():
         await conn.execute(
             text(
@@ -135,8 +136,8 @@ async def swap_in_scratch(server_url: str, environment: Environment, keep_previo
         )
         await conn.execute(text(f"ALTER DATABASE {target} RENAME TO {previous}"))
         await conn.execute(
-            text(f"ALTER DATABASE {_ident(scratch_name(environment))} RENAME TO {target}")
+            text(f"ALTER DATABASE {ident(scratch_name(environment))} RENAME TO {target}")
         )
     if not keep_previous:
         async with db.connection(server_url, isolation_level="AUTOCOMMIT") as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {previous} WITH (FORCE)"))
+            await _drop_database(conn, previous_name(environment))
